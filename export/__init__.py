@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX: staged export, manifest, verification (export side: needs torch)."""

@@ -1,0 +1,126 @@
+"""Write seeded random-weight Qwen3-VL checkpoints in the layout released checkpoints ship.
+
+`write_tiny` writes the embedded default (small architecture, tokenizer, processors);
+`write_random` takes any released architecture folder (config.json + preprocessor_config.json),
+for real-size work without downloading weights. Weights are a pure function of (names, shapes, seed)
+and regenerate bit-exactly.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from qvl_compile.config import ModelConfig
+from qvl_compile.errors import QvlError
+from qvl_compile.export.atomic import atomic_output_dir
+from qvl_compile.export.tiny.tokenizer import build_tokenizer, special_token_ids, write_tokenizer
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _package_json(name: str) -> dict:
+    return json.loads(resources.files("qvl_compile.export.tiny").joinpath(name).read_text())
+
+
+def _parameter_shapes(raw_config: dict, vision_only: bool) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the checkpoint's tensors, from transformers' own model on the meta device."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    config = Qwen3VLConfig(**copy.deepcopy(raw_config))
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(config)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if raw_config.get("tie_word_embeddings", False):
+        shapes.pop("lm_head.weight", None)  # released tied checkpoints do not store it
+    if vision_only:
+        shapes = {k: v for k, v in shapes.items() if k.startswith("model.visual.")}
+    return dict(sorted(shapes.items()))
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Scale chosen per kind so activations stay O(1) and every parameter matters to parity."""
+    values = torch.randn(shape, generator=gen, dtype=torch.float32)
+    is_norm = "norm" in name and name.endswith(".weight") and len(shape) == 1
+    if is_norm:
+        return 1.0 + 0.1 * values
+    if name.endswith(".bias"):
+        return 0.02 * values
+    if name.endswith("pos_embed.weight"):
+        return 0.5 * values
+    if name.endswith("embed_tokens.weight"):
+        return values
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    return values / math.sqrt(fan_in)
+
+
+def _write_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool) -> None:
+    dtype = _DTYPES[raw_config.get("dtype") or raw_config.get("torch_dtype") or "float32"]
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {
+        name: _random_tensor(name, shape, gen).to(dtype).contiguous()
+        for name, shape in _parameter_shapes(raw_config, vision_only).items()
+    }
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    log.info("wrote %d tensors (%s, seed %d)", len(tensors), dtype, seed)
+
+
+def _generation_config(ids: dict[str, int]) -> dict:
+    # Qwen3-VL Instruct's released sampling defaults.
+    return {
+        "bos_token_id": ids["<|endoftext|>"],
+        "do_sample": True,
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+        "pad_token_id": ids["<|endoftext|>"],
+        "repetition_penalty": 1.0,
+        "temperature": 0.7,
+        "top_k": 20,
+        "top_p": 0.8,
+        "transformers_version": "4.57.0.dev0",
+    }
+
+
+def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
+    """The embedded default: tiny architecture, seeded weights, tokenizer, processor configs."""
+    tok = build_tokenizer()
+    ids = special_token_ids(tok)
+    raw = _package_json("config.json")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    raw["text_config"]["vocab_size"] = int(math.ceil(vocab / 64) * 64)
+    raw["image_token_id"] = ids["<|image_pad|>"]
+    raw["video_token_id"] = ids["<|video_pad|>"]
+    raw["vision_start_token_id"] = ids["<|vision_start|>"]
+    raw["vision_end_token_id"] = ids["<|vision_end|>"]
+    ModelConfig.from_dict(raw, source="embedded tiny config")  # validate before writing anything
+
+    with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(_generation_config(ids), indent=2) + "\n")
+        for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+            (tmp / name).write_text(json.dumps(_package_json(name), indent=2) + "\n")
+        write_tokenizer(tok, tmp, model_max_length=raw["text_config"]["max_position_embeddings"])
+        _write_weights(raw, tmp, seed, vision_only=False)
+    return Path(out_dir)
+
+
+def write_random(arch_dir: str | Path, out_dir: str | Path, seed: int = 0, vision_only: bool = False,
+                 force: bool = False) -> Path:
+    """Random weights for a released architecture folder (config.json, preprocessor_config.json)."""
+    arch_dir = Path(arch_dir)
+    ModelConfig.from_dir(arch_dir)
+    if not (arch_dir / "preprocessor_config.json").is_file():
+        raise QvlError(f"{arch_dir}: expected preprocessor_config.json beside config.json")
+    raw = json.loads((arch_dir / "config.json").read_text())
+    with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
+        for src in sorted(arch_dir.glob("*.json")):
+            (tmp / src.name).write_bytes(src.read_bytes())
+        _write_weights(raw, tmp, seed, vision_only=vision_only)
+    return Path(out_dir)

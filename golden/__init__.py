@@ -1,0 +1,1 @@
+"""PyTorch references and golden data (export side)."""

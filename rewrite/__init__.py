@@ -1,0 +1,1 @@
+"""Tensor-only PyTorch rewrites of Qwen3-VL modules (export side)."""
