@@ -1,0 +1,43 @@
+"""ONNX lowerings of the rewrite's opaque ops, written in onnxscript.
+
+`frame_attention_onnx` lowers `qvl_compile::frame_attention`: an ONNX Loop over the grid entries
+(trip count = num_grids, a shape), each iteration slicing its `t*h*w` rows, viewing them as a batch
+of `t` frames `[t, h*w, hidden]` and running ONNX Runtime's maskless `com.microsoft.MultiHeadAttention`.
+No mask is ever built: cost is sum over frames of (h*w)^2, and a single image takes the fast path.
+"""
+from __future__ import annotations
+
+import onnxscript
+from onnxscript import FLOAT, INT64
+from onnxscript import opset18 as op
+
+OPSET = 18
+msft = onnxscript.values.Opset("com.microsoft", 1)
+
+
+@onnxscript.script(default_opset=op)
+def frame_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, grid_thw: INT64, num_heads: int) -> FLOAT:
+    axis0 = op.Constant(value_ints=[0])
+    one = op.Constant(value_ints=[1])
+    hidden = op.Shape(query, start=1, end=2)  # [1]
+    flat_shape = op.Concat(op.Constant(value_ints=[-1]), hidden, axis=0)  # [-1, hidden]
+    grid = op.Cast(grid_thw, to=7)  # int64 whatever the caller fed the exporter
+    counts = op.ReduceProd(grid, one, keepdims=0)  # [G] patches per entry
+    ends = op.CumSum(counts, op.Constant(value_int=0))  # [G]
+    starts = op.Sub(ends, counts)  # [G]
+    num_grids = op.Squeeze(op.Shape(grid, start=0, end=1))
+    out = op.Slice(query, axis0, axis0, axis0)  # [0, hidden], grows by one entry per iteration
+    for i in range(num_grids):
+        index = op.Reshape(i, one)  # [1]
+        start = op.Gather(starts, index)
+        stop = op.Gather(ends, index)
+        thw = op.Squeeze(op.Gather(grid, index, axis=0), axis0)  # [3]
+        frames = op.Slice(thw, axis0, one)  # [1] = t
+        frame_len = op.ReduceProd(op.Slice(thw, one, op.Constant(value_ints=[3])), keepdims=1)  # [1] = h*w
+        batch_shape = op.Concat(frames, frame_len, hidden, axis=0)  # [t, h*w, hidden]
+        q = op.Reshape(op.Slice(query, start, stop, axis0), batch_shape)
+        k = op.Reshape(op.Slice(key, start, stop, axis0), batch_shape)
+        v = op.Reshape(op.Slice(value, start, stop, axis0), batch_shape)
+        attn = msft.MultiHeadAttention(q, k, v, num_heads=num_heads)  # [t, h*w, hidden]
+        out = op.Concat(out, op.Reshape(attn, flat_shape), axis=0)
+    return out

@@ -1,0 +1,139 @@
+"""`qvl-compile`: the command line. It owns the terminal: logging setup, tables, exit codes.
+
+Export-side commands import torch lazily, so `qvl-compile --help` and the runtime work without it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from qvl_compile.errors import QvlError
+
+log = logging.getLogger("qvl_compile")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def handle_errors(func):
+    """Known failures end in one readable line and exit 1; --debug shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except QvlError as exc:
+            if debug:
+                raise
+            _fail(str(exc))
+        except ImportError as exc:
+            if debug:
+                raise
+            _fail(f"{exc}; this command needs the export extra: pip install 'qvl-compile[export]' torch==2.13.0")
+        except KeyboardInterrupt:
+            _fail("interrupted; no partial output was left behind")
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="qvl-compile")
+def main(debug: bool, quiet: bool) -> None:
+    """Rewrite and re-export Qwen3-VL to ONNX; run it without PyTorch."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if not debug:
+        for noisy in ("torch", "onnxscript", "onnx_ir", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
+@handle_errors
+def tiny(out_dir: Path, seed: int, force: bool) -> None:
+    """Write the embedded default: a tiny seeded random Qwen3-VL checkpoint."""
+    from qvl_compile.export.tiny.checkpoint import write_tiny
+
+    write_tiny(out_dir, seed=seed, force=force)
+    click.echo(f"wrote tiny Qwen3-VL checkpoint (seed {seed}) to {out_dir}")
+
+
+@main.command()
+@click.argument("arch_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--vision-only", is_flag=True, help="Write only the vision tower's weights (for vision exports).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
+@handle_errors
+def random(arch_dir: Path, out_dir: Path, seed: int, vision_only: bool, force: bool) -> None:
+    """Random weights for a released architecture (a folder with config.json, preprocessor_config.json)."""
+    from qvl_compile.export.tiny.checkpoint import write_random
+
+    write_random(arch_dir, out_dir, seed=seed, vision_only=vision_only, force=force)
+    click.echo(f"wrote random-weight checkpoint of {arch_dir} to {out_dir}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--component", type=click.Choice(["vision", "decoder", "all"]), default="all", show_default=True)
+@click.option("--quant", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True,
+              help="Decoder weights (the vision graph is fp32).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not an export of ours.")
+@handle_errors
+def export(model_dir: Path, out_dir: Path, component: str, quant: str, force: bool) -> None:
+    """Export MODEL_DIR (a Qwen3-VL checkpoint) to ONNX graphs in OUT_DIR."""
+    from qvl_compile.export.pipeline import export_model
+
+    start = time.perf_counter()
+    manifest = export_model(model_dir, out_dir, component=component, quant=quant, force=force)
+    for name, artifact in manifest["artifacts"].items():
+        size = sum(f["bytes"] for f in artifact["files"]) / 1e6
+        click.echo(f"{name}: {', '.join(f['path'] for f in artifact['files'])} ({size:.1f} MB)")
+    click.echo(f"exported to {out_dir} in {time.perf_counter() - start:.1f} s")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="The source checkpoint.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the random pixel inputs.")
+@click.option("--grid", "grids", multiple=True, help="Extra grid to check, e.g. 1x6x8,2x4x4 (repeatable).")
+@handle_errors
+def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...]) -> None:
+    """Compare the exported graphs with eager PyTorch on the named grid matrix; exit 1 on any failure."""
+    from qvl_compile.export.grids import GRID_MATRIX, parse_grid
+    from qvl_compile.export.verify import verify_export
+
+    matrix = dict(GRID_MATRIX)
+    for text in grids:
+        try:
+            matrix[f"custom {text}"] = parse_grid(text)
+        except ValueError as exc:
+            raise QvlError(str(exc)) from None
+    rows = verify_export(export_dir, model_dir, matrix, seed=seed)
+    click.echo(f"{'grid':<28} {'t,h,w':<28} {'output':<17} {'max abs err':>11} {'max rel err':>11}  result")
+    for row in rows:
+        thw = ";".join(",".join(map(str, g)) for g in row.grid)
+        click.echo(f"{row.name:<28} {thw:<28} {row.output:<17} {row.max_abs:>11.2e} {row.max_rel:>11.2e}  "
+                   f"{'pass' if row.passed else 'FAIL'}")
+    failed = [r for r in rows if not r.passed]
+    click.echo(f"max rel err = max |onnx - torch| / max |torch|; tolerance {rows[0].tolerance:.0e}")
+    if failed:
+        _fail(f"{len(failed)} of {len(rows)} parity checks failed")
+    click.echo(f"all {len(rows)} parity checks passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""manifest.json: what an export folder holds, where it came from, and how to check it (torch-free)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from qvl_compile.errors import QvlError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "qvl-compile/1"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(folder: Path, name: str) -> dict[str, Any]:
+    path = folder / name
+    return {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise QvlError(f"export folder {str(folder)!r} does not exist")
+    if not path.is_file():
+        raise QvlError(f"{folder} is not a qvl-compile export: expected {MANIFEST_NAME}, found none")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise QvlError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if manifest.get("format") != FORMAT:
+        raise QvlError(f"{path}: expected format {FORMAT!r}, got {manifest.get('format')!r}")
+    return manifest
+
+
+def check_files(folder: Path, files: list[dict[str, Any]], hashes: bool = False) -> None:
+    """Every listed file present with its recorded size (and sha256 when `hashes`)."""
+    for record in files:
+        path = folder / record["path"]
+        if not path.is_file():
+            raise QvlError(f"{folder}: missing {record['path']} (listed in {MANIFEST_NAME})")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise QvlError(f"{path}: expected {record['bytes']} bytes, found {size} (truncated or replaced)")
+        if hashes and sha256_file(path) != record["sha256"]:
+            raise QvlError(f"{path}: sha256 differs from {MANIFEST_NAME} (file changed after export)")

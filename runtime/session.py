@@ -1,0 +1,20 @@
+"""ONNX Runtime session options in one place: providers and thread counts chosen by the caller."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from qvl_compile.errors import QvlError
+
+
+def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (one per core)
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        first = str(exc).strip().splitlines()[0]
+        raise QvlError(f"{path}: onnxruntime cannot load it: {first}") from None
