@@ -71,18 +71,21 @@ def tiny(out_dir: Path, seed: int, force: bool) -> None:
 
 
 @main.command()
-@click.argument("arch_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("arch", metavar="ARCH")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--vision-only", is_flag=True, help="Write only the vision tower's weights (for vision exports).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
 @handle_errors
-def random(arch_dir: Path, out_dir: Path, seed: int, vision_only: bool, force: bool) -> None:
-    """Random weights for a released architecture (a folder with config.json, preprocessor_config.json)."""
-    from qvl_compile.export.tiny.checkpoint import write_random
+def random(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool) -> None:
+    """Random weights for a released architecture: ARCH is 2b, 4b, 8b or a folder with config.json.
 
-    write_random(arch_dir, out_dir, seed=seed, vision_only=vision_only, force=force)
-    click.echo(f"wrote random-weight checkpoint of {arch_dir} to {out_dir}")
+    Real-size work without downloading weights: the architecture is exact, the weights are noise.
+    """
+    from qvl_compile.export.tiny.checkpoint import arch_dir, write_random
+
+    write_random(arch_dir(arch), out_dir, seed=seed, vision_only=vision_only, force=force)
+    click.echo(f"wrote random-weight {arch} checkpoint to {out_dir}")
 
 
 @main.command()

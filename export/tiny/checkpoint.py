@@ -111,6 +111,17 @@ def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
     return Path(out_dir)
 
 
+def arch_dir(arch: str) -> Path:
+    """'2b' / '4b' / '8b' (released architectures shipped with the package) or a folder path."""
+    name = f"qwen3-vl-{arch.lower()}"
+    packaged = resources.files("qvl_compile.export.archs").joinpath(name)
+    if packaged.is_dir():
+        return Path(str(packaged))
+    if Path(arch).is_dir():
+        return Path(arch)
+    raise QvlError(f"architecture {arch!r}: expected 2b, 4b, 8b or a folder with config.json")
+
+
 def write_random(arch_dir: str | Path, out_dir: str | Path, seed: int = 0, vision_only: bool = False,
                  force: bool = False) -> Path:
     """Random weights for a released architecture folder (config.json, preprocessor_config.json)."""

@@ -1,0 +1,1 @@
+"""Released Qwen3-VL architectures (config.json + preprocessor_config.json only, no weights)."""
