@@ -13,7 +13,7 @@ import sys
 CASE = """
 import json, resource, sys, time, numpy as np
 from qvl_compile.runtime.vision import VisionEncoder
-enc = VisionEncoder(sys.argv[1], intra_op_threads=int(sys.argv[4]))
+enc = VisionEncoder.from_export(sys.argv[1], intra_op_threads=int(sys.argv[4]))
 frames, side = int(sys.argv[2]), int(sys.argv[3])
 grid = np.array([[frames, side, side]])
 pixels = np.random.default_rng(0).random((int(grid.prod()), enc.patch_dim), dtype=np.float32)

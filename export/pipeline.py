@@ -1,6 +1,7 @@
 """`qvl-compile export`: export the requested components into OUT_DIR atomically, with a manifest."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import shutil
@@ -68,7 +69,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
         manifest = {
             "format": FORMAT,
             "source": source,
-            "model": {"vision": config.vision.__dict__ | {"deepstack_visual_indexes": list(config.vision.deepstack_visual_indexes)}},
+            "model": {"vision": dataclasses.asdict(config.vision)},
             "versions": _versions(),
             "options": {"component": component, "quant": quant},
             "artifacts": artifacts,

@@ -55,6 +55,6 @@ def vision_parity(encoder: VisionEncoder, reference: torch.nn.Module, grids: dic
 
 
 def verify_export(export_dir: str | Path, model_dir: str | Path, grids: dict | None = None, seed: int = 1) -> list[ParityRow]:
-    encoder = VisionEncoder(export_dir, verify_hashes=True)
+    encoder = VisionEncoder.from_export(export_dir, verify_hashes=True)
     reference = load_vision_model(model_dir)
     return vision_parity(encoder, reference, grids or GRID_MATRIX, seed=seed)

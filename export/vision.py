@@ -12,6 +12,7 @@ from typing import Any
 
 import onnx
 import torch
+from onnx_ir import Shape
 
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
@@ -22,6 +23,7 @@ from qvl_compile.export.verify import FP32_TOLERANCE, vision_parity
 from qvl_compile.golden.reference import load_vision_model
 from qvl_compile.manifest import file_record
 from qvl_compile.rewrite.vision import RewrittenVisionTower
+from qvl_compile.runtime.vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +43,7 @@ STAGES = [
 ]
 
 
-class _StagedEncoder:
-    """A VisionEncoder-like view of a graph that has no manifest yet."""
-
-    def __init__(self, path: Path, patch_dim: int, merge_size: int):
-        from qvl_compile.runtime.session import make_session
-        from qvl_compile.runtime.vision import VisionOutput, validate_vision_inputs
-
-        self.session = make_session(path)
-        self.patch_dim, self.merge_size = patch_dim, merge_size
-        self._validate, self._output = validate_vision_inputs, VisionOutput
-
-    def __call__(self, pixel_values, grid_thw):
-        pixels, grid = self._validate(pixel_values, grid_thw, self.patch_dim, self.merge_size)
-        return self._output(*self.session.run(None, {"pixel_values": pixels, "grid_thw": grid}))
-
-
-def _io_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+def io_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
         tensor = value.type.tensor_type
         dims = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
@@ -108,7 +94,7 @@ def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
 
     with stages.run("check (onnx.checker, onnxruntime load)"):
         onnx.checker.check_model(str(path), full_check=True)
-        encoder = _StagedEncoder(path, config.patch_dim, config.spatial_merge_size)
+        encoder = VisionEncoder(path, config.patch_dim, config.spatial_merge_size)
 
     with stages.run("verify against eager PyTorch at other grids"):
         rows = vision_parity(encoder, hf_visual, EXPORT_CHECK_GRIDS, seed=100)
@@ -125,7 +111,7 @@ def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
     return {
         "files": [file_record(work_dir, name) for name in files],
         "opset": OPSET,
-        **_io_record(model),
+        **io_record(model),
         "patch_dim": config.patch_dim,
         "spatial_merge_size": config.spatial_merge_size,
         "out_hidden_size": config.out_hidden_size,
@@ -153,8 +139,6 @@ def _name_dims(model) -> None:
         for i, name in enumerate(wanted):
             if name is not None and i < len(dims) and not isinstance(dims[i], int):
                 dims[i] = name
-        from onnx_ir import Shape
-
         value.shape = Shape(dims)
 
 

@@ -70,14 +70,14 @@ def tiny(out_dir: Path, seed: int, force: bool) -> None:
     click.echo(f"wrote tiny Qwen3-VL checkpoint (seed {seed}) to {out_dir}")
 
 
-@main.command()
+@main.command("random")
 @click.argument("arch", metavar="ARCH")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--vision-only", is_flag=True, help="Write only the vision tower's weights (for vision exports).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
 @handle_errors
-def random(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool) -> None:
+def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool) -> None:
     """Random weights for a released architecture: ARCH is 2b, 4b, 8b or a folder with config.json.
 
     Real-size work without downloading weights: the architecture is exact, the weights are noise.

@@ -51,19 +51,25 @@ def validate_vision_inputs(pixel_values, grid_thw, patch_dim: int, merge_size: i
 
 
 class VisionEncoder:
-    """The exported `vision.onnx` with its manifest facts; one session, reused across calls."""
+    """One vision graph and one onnxruntime session, reused across calls."""
 
-    def __init__(self, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
-                 verify_hashes: bool = False):
-        self.export_dir = Path(export_dir)
-        manifest = read_manifest(self.export_dir)
-        artifact = manifest.get("artifacts", {}).get("vision")
+    def __init__(self, graph_path: str | Path, patch_dim: int, merge_size: int, providers: list[str] | None = None,
+                 intra_op_threads: int = 0):
+        self.patch_dim = int(patch_dim)
+        self.merge_size = int(merge_size)
+        self.session = make_session(Path(graph_path), providers, intra_op_threads)
+
+    @classmethod
+    def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
+                    verify_hashes: bool = False) -> "VisionEncoder":
+        """The `vision.onnx` of an export folder, after checking its files against the manifest."""
+        export_dir = Path(export_dir)
+        artifact = read_manifest(export_dir).get("artifacts", {}).get("vision")
         if artifact is None:
-            raise QvlError(f"{self.export_dir}: the manifest lists no vision artifact (export with --component vision)")
-        check_files(self.export_dir, artifact["files"], hashes=verify_hashes)
-        self.patch_dim = int(artifact["patch_dim"])
-        self.merge_size = int(artifact["spatial_merge_size"])
-        self.session = make_session(self.export_dir / artifact["files"][0]["path"], providers, intra_op_threads)
+            raise QvlError(f"{export_dir}: the manifest lists no vision artifact (export with --component vision)")
+        check_files(export_dir, artifact["files"], hashes=verify_hashes)
+        return cls(export_dir / artifact["files"][0]["path"], artifact["patch_dim"], artifact["spatial_merge_size"],
+                   providers, intra_op_threads)
 
     def __call__(self, pixel_values, grid_thw) -> VisionOutput:
         pixels, grid = validate_vision_inputs(pixel_values, grid_thw, self.patch_dim, self.merge_size)

@@ -10,7 +10,7 @@ import sys
 SCRIPT = """
 import json, resource, sys, numpy as np
 from qvl_compile.runtime.vision import VisionEncoder
-enc = VisionEncoder(sys.argv[1], intra_op_threads=2)
+enc = VisionEncoder.from_export(sys.argv[1], intra_op_threads=2)
 grid = np.array([[int(sys.argv[2]), 32, 32]])
 pixels = np.random.default_rng(0).random((int(grid.prod()), 1536), dtype=np.float32)
 pixels -= 0.5

@@ -16,7 +16,7 @@ from qvl_compile.runtime.vision import VisionEncoder
 
 @pytest.fixture(scope="module")
 def encoder(vision_export):
-    return VisionEncoder(vision_export, verify_hashes=True)
+    return VisionEncoder.from_export(vision_export, verify_hashes=True)
 
 
 def test_matrix_grids_differ_from_export_grid():
@@ -121,4 +121,4 @@ def test_truncated_artifact_is_refused(vision_export, tmp_path):
     with open(copy / "vision.onnx", "r+b") as fh:
         fh.truncate(1000)
     with pytest.raises(QvlError, match="truncated or replaced"):
-        VisionEncoder(copy)
+        VisionEncoder.from_export(copy)
