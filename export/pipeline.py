@@ -13,6 +13,7 @@ from qvl_compile import __version__
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.atomic import atomic_output_dir
+from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.golden.reference import weight_files
 from qvl_compile.manifest import FORMAT, MANIFEST_NAME, file_record, read_manifest, write_manifest
 
@@ -52,26 +53,38 @@ def _carry_over(out_dir: Path, work_dir: Path, source: dict[str, Any], keep: set
     return carried
 
 
-def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "all", quant: str = "int4",
-                 force: bool = False) -> dict[str, Any]:
+COMPONENTS = ("vision", "decoder", "all")
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "all",
+                 quant: QuantOptions | None = None, force: bool = False) -> dict[str, Any]:
+    """Export `component` of a checkpoint; an earlier export's other component is kept if same source."""
+    from qvl_compile.export.decoder import export_decoder
     from qvl_compile.export.vision import export_vision
 
+    quant = quant or QuantOptions()
+    quant.validate()
+    if component not in COMPONENTS:
+        raise QvlError(f"--component: expected one of {', '.join(COMPONENTS)}, got {component!r}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = ModelConfig.from_dir(model_dir)
-    if component == "decoder":
-        raise QvlError("decoder export is not available yet in this version; use --component vision")
     source = _source_record(model_dir)
+    wanted = ("vision", "decoder") if component == "all" else (component,)
     with atomic_output_dir(out_dir, force=force, marker=MANIFEST_NAME) as work_dir:
-        artifacts = _carry_over(out_dir, work_dir, source, keep={"decoder"} if component == "vision" else set())
-        artifacts["vision"] = export_vision(model_dir, work_dir)
-        if component == "all":
-            log.warning("decoder export is not available yet in this version; exported the vision graph only")
+        artifacts = _carry_over(out_dir, work_dir, source, keep=set(("vision", "decoder")) - set(wanted))
+        if "vision" in wanted:
+            artifacts["vision"] = export_vision(model_dir, work_dir)
+        if "decoder" in wanted:
+            artifacts["decoder"] = export_decoder(model_dir, work_dir, quant)
         manifest = {
             "format": FORMAT,
             "source": source,
-            "model": {"vision": dataclasses.asdict(config.vision)},
+            "model": {"vision": dataclasses.asdict(config.vision), "text": dataclasses.asdict(config.text),
+                      "image_token_id": config.image_token_id, "video_token_id": config.video_token_id,
+                      "vision_start_token_id": config.vision_start_token_id,
+                      "vision_end_token_id": config.vision_end_token_id},
             "versions": _versions(),
-            "options": {"component": component, "quant": quant},
+            "options": {"component": component, "quant": dataclasses.asdict(quant)},
             "artifacts": artifacts,
         }
         write_manifest(work_dir, manifest)

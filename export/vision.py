@@ -12,10 +12,10 @@ from typing import Any
 
 import onnx
 import torch
-from onnx_ir import Shape
 
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
+from qvl_compile.export.graph_names import name_dims
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX, random_pixels
 from qvl_compile.export.onnx_functions import OPSET, frame_attention_onnx
 from qvl_compile.export.stages import Stages
@@ -89,7 +89,9 @@ def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
             optimize=True,
             verbose=False,
         )
-        _name_dims(onnx_program.model)
+        name_dims(onnx_program.model, {
+            "pixel_values": ["num_patches", None], "grid_thw": ["num_grids", None],
+            "image_embeds": ["num_merged", None], "deepstack_embeds": [None, "num_merged", None]})
         onnx_program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
 
     with stages.run("check (onnx.checker, onnxruntime load)"):
@@ -125,21 +127,6 @@ def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
         "tolerance": FP32_TOLERANCE,
         "stage_seconds": stages.seconds,
     }
-
-
-def _name_dims(model) -> None:
-    """Give the symbolic dims readable names: num_patches, num_grids, num_merged."""
-    names = {"pixel_values": ["num_patches", None], "grid_thw": ["num_grids", None],
-             "image_embeds": ["num_merged", None], "deepstack_embeds": [None, "num_merged", None]}
-    for value in list(model.graph.inputs) + list(model.graph.outputs):
-        wanted = names.get(value.name)
-        if wanted is None or value.shape is None:
-            continue
-        dims = list(value.shape.dims)
-        for i, name in enumerate(wanted):
-            if name is not None and i < len(dims) and not isinstance(dims[i], int):
-                dims[i] = name
-        value.shape = Shape(dims)
 
 
 __all__ = ["export_vision", "VISION_FILE"]

@@ -53,7 +53,7 @@ def main(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     if not debug:
-        for noisy in ("torch", "onnxscript", "onnx_ir", "transformers"):
+        for noisy in ("torch", "onnxscript", "onnx_ir", "transformers", "onnxruntime"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -94,14 +94,23 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
 @click.option("--component", type=click.Choice(["vision", "decoder", "all"]), default="all", show_default=True)
 @click.option("--quant", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True,
               help="Decoder weights (the vision graph is fp32).")
+@click.option("--block-size", default=32, show_default=True, help="INT4 block size along the input dim.")
+@click.option("--accuracy-level", default=1, show_default=True, type=click.IntRange(0, 4),
+              help="MatMulNBits accuracy_level: 0/1 keep fp32 activations; 4 quantizes them to int8 "
+                   "(faster on CPU, less exact: see the README).")
+@click.option("--quantize-lm-head/--no-quantize-lm-head", default=True, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not an export of ours.")
 @handle_errors
-def export(model_dir: Path, out_dir: Path, component: str, quant: str, force: bool) -> None:
+def export(model_dir: Path, out_dir: Path, component: str, quant: str, block_size: int, accuracy_level: int,
+           quantize_lm_head: bool, force: bool) -> None:
     """Export MODEL_DIR (a Qwen3-VL checkpoint) to ONNX graphs in OUT_DIR."""
+    from qvl_compile.export.decoder_options import QuantOptions
     from qvl_compile.export.pipeline import export_model
 
     start = time.perf_counter()
-    manifest = export_model(model_dir, out_dir, component=component, quant=quant, force=force)
+    options = QuantOptions(mode=quant, block_size=block_size, accuracy_level=accuracy_level,
+                           quantize_lm_head=quantize_lm_head)
+    manifest = export_model(model_dir, out_dir, component=component, quant=options, force=force)
     for name, artifact in manifest["artifacts"].items():
         size = sum(f["bytes"] for f in artifact["files"]) / 1e6
         click.echo(f"{name}: {', '.join(f['path'] for f in artifact['files'])} ({size:.1f} MB)")

@@ -1,0 +1,150 @@
+"""The Qwen3-VL text decoder as one export-friendly module: feature merge, DeepStack, M-RoPE, KV cache.
+
+`RewrittenTextDecoder(hf_model)` reuses transformers' own modules (norms, projections, MLP) of a
+`Qwen3VLForConditionalGeneration` and reproduces its text path:
+
+  * token embeddings, with `visual_embeds` written at image/video placeholder positions (prompt order);
+  * DeepStack: `deepstack_embeds[i]` added at the visual positions after decoder layer i;
+  * interleaved multimodal RoPE from 3-row position ids `[3, B, S]` (`mrope_section`,
+    `mrope_interleaved` from the config);
+  * grouped-query attention over `past + current` keys, returning the grown cache;
+  * q/k RMSNorm, tied or untied lm_head; logits only at `logit_positions` (shape-driven, so a prefill
+    can ask for the last position only).
+
+Every shape follows from input shapes; the visual feature count V may be 0 (decode steps).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qvl_compile.config import TextConfig
+
+
+class TransposedLinear(nn.Module):
+    """`x @ W.T (+ b)` with `W.T` stored as the initializer: ONNX MatMul with a constant [in, out] B,
+    the form onnxruntime's MatMulNBits quantizer rewrites."""
+
+    def __init__(self, linear: nn.Module, weight: torch.Tensor | None = None):
+        super().__init__()
+        source = linear.weight if weight is None else weight
+        # A transposed view of the checkpoint's tensor (no copy: a 2B model would otherwise need twice its RAM).
+        self.weight_t = nn.Parameter(source.detach().T, requires_grad=False)  # [in, out]
+        bias = getattr(linear, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
+def mrope_axis_of_frequency(config: TextConfig) -> list[int]:
+    """Which position row (0=t, 1=h, 2=w) drives each of the head_dim/2 rotary frequencies."""
+    half = config.head_dim // 2
+    t, h, w = config.mrope_section
+    if sum(config.mrope_section) != half:
+        raise ValueError(f"mrope_section {list(config.mrope_section)} must sum to head_dim/2 = {half}")
+    if not config.mrope_interleaved:  # blocks: [t..., h..., w...]
+        return [0] * t + [1] * h + [2] * w
+    axes = [0] * half  # interleaved: t h w t h w ... while each section lasts
+    for i in range(half):
+        if i % 3 == 1 and i < 3 * h:
+            axes[i] = 1
+        elif i % 3 == 2 and i < 3 * w:
+            axes[i] = 2
+    return axes
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RewrittenDecoderLayer(nn.Module):
+    def __init__(self, hf_layer: nn.Module, config: TextConfig):
+        super().__init__()
+        attn = hf_layer.self_attn
+        self.input_layernorm, self.post_attention_layernorm = hf_layer.input_layernorm, hf_layer.post_attention_layernorm
+        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
+        self.q_proj, self.k_proj = TransposedLinear(attn.q_proj), TransposedLinear(attn.k_proj)
+        self.v_proj, self.o_proj = TransposedLinear(attn.v_proj), TransposedLinear(attn.o_proj)
+        mlp = hf_layer.mlp
+        self.gate_proj, self.up_proj, self.down_proj = (TransposedLinear(mlp.gate_proj), TransposedLinear(mlp.up_proj),
+                                                        TransposedLinear(mlp.down_proj))
+        self.act = mlp.act_fn
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+
+    def forward(self, x, cos, sin, past_key, past_value):
+        batch, seq, _ = x.shape
+        h = self.input_layernorm(x)
+        q = self.q_norm(self.q_proj(h).view(batch, seq, self.heads, self.head_dim)).transpose(1, 2)  # [B, heads, S, hd]
+        k = self.k_norm(self.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim)).transpose(1, 2)  # [B, kv, S, hd]
+        v = self.v_proj(h).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, hd]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        key = torch.cat([past_key, k], dim=2)  # [B, kv, P+S, hd]
+        value = torch.cat([past_value, v], dim=2)
+        total = key.shape[2]
+        group = self.heads // self.kv_heads
+        key_rep = key[:, :, None].expand(batch, self.kv_heads, group, total, self.head_dim).reshape(
+            batch, self.heads, total, self.head_dim)  # [B, heads, P+S, hd]
+        value_rep = value[:, :, None].expand(batch, self.kv_heads, group, total, self.head_dim).reshape(
+            batch, self.heads, total, self.head_dim)
+        # Causal over the cache: query i (absolute position P+i) sees keys 0..P+i.
+        allowed = torch.arange(total, device=x.device)[None, :] <= (
+            torch.arange(seq, device=x.device)[:, None] + (total - seq))  # [S, P+S]
+        attn = nn.functional.scaled_dot_product_attention(q, key_rep, value_rep, attn_mask=allowed)  # [B, heads, S, hd]
+        x = x + self.o_proj(attn.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
+        h = self.post_attention_layernorm(x)
+        x = x + self.down_proj(self.act(self.gate_proj(h)) * self.up_proj(h))
+        return x, key, value
+
+
+class RewrittenTextDecoder(nn.Module):
+    def __init__(self, hf_model: nn.Module, config: TextConfig, image_token_id: int, video_token_id: int,
+                 num_deepstack: int):
+        super().__init__()
+        text = hf_model.model.language_model
+        self.embed_tokens = text.embed_tokens.weight  # [vocab, H]
+        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config) for layer in text.layers)
+        self.norm = text.norm
+        # A tied lm_head gets its own [H, vocab] copy, so it can be quantized apart from the embedding table.
+        self.lm_head = TransposedLinear(hf_model.lm_head)
+        rotary = text.rotary_emb
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().clone().float(), persistent=False)
+        self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        axes = torch.tensor(mrope_axis_of_frequency(config), dtype=torch.int64)
+        self.register_buffer("mrope_axes", axes, persistent=False)  # [head_dim/2]
+        self.image_token_id, self.video_token_id = int(image_token_id), int(video_token_id)
+        self.hidden = config.hidden_size
+        self.num_deepstack = int(num_deepstack)
+
+    def rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids [3, B, S] -> cos, sin [B, 1, S, head_dim]."""
+        freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq  # [3, B, S, hd/2]
+        index = self.mrope_axes.view(1, 1, 1, -1).expand(1, freqs.shape[1], freqs.shape[2], -1)
+        freqs = torch.gather(freqs, 0, index)[0]  # [B, S, hd/2], row chosen per frequency
+        emb = torch.cat([freqs, freqs], dim=-1)  # [B, S, hd]
+        return (emb.cos() * self.attention_scaling)[:, None], (emb.sin() * self.attention_scaling)[:, None]
+
+    def forward(self, input_ids, position_ids, visual_embeds, deepstack_embeds, logit_positions, past_keys, past_values):
+        batch, seq = input_ids.shape
+        x = self.embed_tokens[input_ids]  # [B, S, H]
+        visual = ((input_ids == self.image_token_id) | (input_ids == self.video_token_id)).reshape(-1)  # [B*S]
+        # Row of each visual position in visual_embeds, 1-based; 0 picks a zero row for text positions.
+        row = torch.cumsum(visual.to(torch.int64), dim=0) * visual.to(torch.int64)  # [B*S]
+        zero = visual_embeds.new_zeros(1, self.hidden)
+        merged = torch.cat([zero, visual_embeds], dim=0)[row].view(batch, seq, self.hidden)  # [B, S, H]
+        x = torch.where(visual.view(batch, seq, 1), merged, x)
+        cos, sin = self.rotary(position_ids)
+        presents_k, presents_v = [], []
+        for index, layer in enumerate(self.layers):
+            x, key, value = layer(x, cos, sin, past_keys[index], past_values[index])
+            presents_k.append(key)
+            presents_v.append(value)
+            if index < self.num_deepstack:
+                zero_ds = deepstack_embeds.new_zeros(1, self.hidden)
+                x = x + torch.cat([zero_ds, deepstack_embeds[index]], dim=0)[row].view(batch, seq, self.hidden)
+        x = self.norm(x)
+        logits = self.lm_head(x.index_select(1, logit_positions))  # [B, K, vocab]
+        return logits, presents_k, presents_v

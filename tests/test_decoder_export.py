@@ -1,0 +1,138 @@
+"""Decoder export on the tiny model: fp32 vs transformers, INT4 vs its fake-quant reference, DeepStack."""
+import collections
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from qvl_compile.export.decoder_options import QuantOptions
+from qvl_compile.export.decoder_verify import (FP32_TOLERANCE, INT4_TOLERANCE, decoder_parity,
+                                               dequantize_matmul_nbits, fake_quant_reference,
+                                               next_token_agreement, with_accuracy_level)
+from qvl_compile.export.pipeline import export_model
+from qvl_compile.runtime.decoder import TextDecoder
+
+# Not the export-time check's prompt: a video first, images of other sizes, another seed.
+TEST_PROMPT = (("text", 3), ("video", (3, 4, 6)), ("text", 4), ("image", (1, 8, 4)), ("image", (1, 2, 2)),
+               ("text", 6))
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_dir):
+    from qvl_compile.export.decoder import load_full_model
+
+    return load_full_model(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32") / "out"
+    export_model(tiny_dir, out, component="decoder", quant=QuantOptions(mode="fp32"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def int4_export(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int4") / "out"
+    export_model(tiny_dir, out, component="decoder")  # defaults: int4, block 32, accuracy_level 1, lm_head too
+    return out
+
+
+def test_fp32_decoder_matches_transformers(fp32_export, hf_model):
+    parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, steps=STEPS, seed=21, parts=TEST_PROMPT)
+    assert len(parity.steps_max_rel) == STEPS
+    assert parity.prefill_max_rel <= FP32_TOLERANCE and max(parity.steps_max_rel) <= FP32_TOLERANCE
+    assert parity.onnx_tokens == parity.reference_tokens
+
+
+def test_int4_decoder_matches_fake_quant_reference(int4_export, hf_model):
+    decoder = TextDecoder.from_export(int4_export)
+    reference = fake_quant_reference(hf_model, int4_export / "decoder.onnx")
+    parity = decoder_parity(decoder, reference, steps=STEPS, seed=21, parts=TEST_PROMPT, tolerance=INT4_TOLERANCE)
+    assert parity.prefill_max_rel <= INT4_TOLERANCE and max(parity.steps_max_rel) <= INT4_TOLERANCE
+    assert parity.onnx_tokens == parity.reference_tokens
+    agree, total = next_token_agreement(decoder, reference, seed=21)
+    assert agree == total
+    # Quantization itself is visible: the unquantized model differs far beyond the tolerance.
+    assert decoder_parity(decoder, hf_model, steps=1, seed=21, parts=TEST_PROMPT).prefill_max_rel > 10 * INT4_TOLERANCE
+
+
+def test_accuracy_level_4_is_measured_not_hidden(int4_export, hf_model, tmp_path):
+    """accuracy_level 4 (int8 activations) drifts from the reference; it stays an opt-in."""
+    fast = tmp_path / "decoder.onnx"
+    with_accuracy_level(int4_export / "decoder.onnx", 4, fast)
+    facts = TextDecoder.from_export(int4_export).facts
+    reference = fake_quant_reference(hf_model, int4_export / "decoder.onnx")
+    exact = decoder_parity(TextDecoder.from_export(int4_export), reference, steps=2, seed=21, parts=TEST_PROMPT)
+    drift = decoder_parity(TextDecoder(fast, facts), reference, steps=2, seed=21, parts=TEST_PROMPT)
+    assert drift.prefill_max_rel > 100 * exact.prefill_max_rel
+    assert QuantOptions().accuracy_level == 1
+
+
+def test_zeroing_deepstack_changes_the_logits(fp32_export, hf_model):
+    parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, steps=1, seed=21, parts=TEST_PROMPT,
+                            zero_deepstack=True)
+    assert parity.prefill_max_rel > 100 * FP32_TOLERANCE
+
+
+def test_dequantizer_reproduces_the_original_weights(int4_export, hf_model):
+    """Symmetric int4 rounds to the nearest of -8..7 steps: within half a step, except the clipped +8 side
+    of a block (at most one step). A wrong nibble order or scale layout misses by many steps."""
+    model = onnx.load(str(int4_export / "decoder.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 7 * 4 + 1  # q k v o gate up down per layer, and the lm_head
+    node = next(n for n in nodes if n.input[1].startswith("layers.2.up_proj"))
+    got = dequantize_matmul_nbits(node, inits)  # [N, K]
+    original = hf_model.model.language_model.layers[2].mlp.up_proj.weight.detach().numpy()
+    scales = inits[node.input[2]].reshape(original.shape[0], -1)  # [N, K/32]
+    step = np.repeat(scales, 32, axis=1)[:, : original.shape[1]]
+    assert got.shape == original.shape
+    steps_off = np.abs(got - original) / np.abs(step)
+    assert steps_off.max() <= 1.0 + 1e-5
+    assert (steps_off <= 0.5 + 1e-5).mean() > 0.97
+
+
+def test_interface_and_counts(int4_export):
+    model = onnx.load(str(int4_export / "decoder.onnx"))
+    names = [i.name for i in model.graph.input]
+    assert names[:5] == ["input_ids", "position_ids", "visual_embeds", "deepstack_embeds", "logit_positions"]
+    assert names[5:] == [f"past_key_values.{i}.key" for i in range(4)] + [f"past_key_values.{i}.value" for i in range(4)]
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(model.graph.input) + list(model.graph.output)}
+    assert dims["position_ids"] == [3, "batch", "seq"]
+    assert dims["past_key_values.0.key"] == ["batch", 2, "past_seq", 32]
+    assert dims["present.3.value"] == ["batch", 2, "total_seq", 32]
+    assert dims["logits"] == ["batch", "num_logits", 832]
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["MatMulNBits"] == 29
+
+
+def test_batch_of_two_text_prompts_matches_transformers(fp32_export, hf_model):
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 700, (2, 9))
+    with torch.no_grad():
+        ref = hf_model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    decoder = TextDecoder.from_export(fp32_export)
+    positions = np.broadcast_to(np.arange(9), (3, 2, 9))
+    logits, cache = decoder.forward(ids, positions, decoder.empty_cache(batch=2), logit_positions=np.arange(9))
+    assert np.abs(logits - ref).max() <= FP32_TOLERANCE * np.abs(ref).max()
+    assert cache.length == 9 and cache.keys[0].shape == (2, 2, 9, 32)
+
+
+def test_rotary_layout_matches_transformers_interleaved_mrope(hf_model):
+    """Per-frequency row choice (t/h/w interleaved) against transformers' rotary embedding."""
+    from qvl_compile.config import ModelConfig
+    from qvl_compile.rewrite.decoder import RewrittenTextDecoder
+
+    text = hf_model.model.language_model
+    cfg = ModelConfig.from_dict(hf_model.config.to_dict())
+    ours = RewrittenTextDecoder(hf_model, cfg.text, cfg.image_token_id, cfg.video_token_id, 3)
+    positions = torch.from_numpy(np.random.default_rng(0).integers(0, 500, (3, 1, 7)))
+    cos, sin = ours.rotary(positions)
+    ref_cos, ref_sin = text.rotary_emb(torch.zeros(1, 7, 64), positions)
+    torch.testing.assert_close(cos[:, 0], ref_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin[:, 0], ref_sin, rtol=0, atol=1e-6)
