@@ -7,6 +7,7 @@ onnxruntime's own `MatMulNBitsQuantizer`.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import warnings
 from pathlib import Path
@@ -135,7 +136,9 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
             "logit_positions": ["num_logits"], "logits": ["batch", "num_logits", None],
             **{n: cache_dims for n in past_k + past_v}, **{n: present_dims for n in present_k + present_v}})
         onnx_program.save(str(fp32_path), external_data=external)
-        del onnx_program, program
+    # Free the captured program and the checkpoint before quantizing: at 2B size each holds gigabytes.
+    del onnx_program, program, decoder, hf_model
+    gc.collect()
 
     with stages.run("check (onnx.checker, onnxruntime load)"):
         onnx.checker.check_model(str(fp32_path), full_check=True)
@@ -156,7 +159,7 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
     facts = DecoderFacts(num_layers=layers, num_key_value_heads=text.num_key_value_heads, head_dim=text.head_dim,
                          hidden_size=text.hidden_size, vocab_size=text.vocab_size, num_deepstack=num_deepstack)
     with stages.run("verify against transformers"):
-        parity = verify_decoder_graph(path, hf_model, facts, options.mode, options.accuracy_level)
+        parity = verify_decoder_graph(path, load_full_model(model_dir), facts, options.mode, options.accuracy_level)
 
     model = onnx.load(str(path), load_external_data=False)
     files = [DECODER_FILE] + sorted(p.name for p in work_dir.iterdir() if p.name.startswith(DECODER_FILE + "."))

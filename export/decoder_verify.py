@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -113,11 +114,13 @@ def dequantize_matmul_nbits(node: onnx.NodeProto, initializers: dict[str, np.nda
     return ((q - zp) * scales).reshape(n, blocks * block)[:, :k]
 
 
-def fake_quant_reference(hf_model, graph_path) -> torch.nn.Module:
-    """A copy of `hf_model` whose quantized linears hold the graph's dequantized INT4 weights."""
-    model = onnx.load(str(graph_path))
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    ref = copy.deepcopy(hf_model)
+def fake_quant_reference(hf_model, graph_path, in_place: bool = False) -> torch.nn.Module:
+    """`hf_model` (a copy unless `in_place`) whose quantized linears hold the graph's dequantized INT4 weights."""
+    model = onnx.load(str(graph_path), load_external_data=False)
+    base_dir = str(Path(graph_path).parent)
+    initializers = {t.name: numpy_helper.to_array(t, base_dir=base_dir) for t in model.graph.initializer
+                    if t.name.endswith(("_Q4", "_scales", "_zero_points"))}
+    ref = hf_model if in_place else copy.deepcopy(hf_model)
     text = ref.model.language_model
     replaced = 0
     for node in model.graph.node:
@@ -173,14 +176,12 @@ def verify_decoder_graph(path, hf_model, facts, mode: str, accuracy_level: int, 
     (a copy at accuracy_level 0, fp32 activations, against the fake-quant reference, 1e-3); then the
     requested accuracy level is measured against the same reference and recorded.
     """
-    from pathlib import Path
-
     path = Path(path)
     if mode == "fp32":
         parity = decoder_parity(TextDecoder(path, facts), hf_model, steps, FP32_TOLERANCE)
         _raise_unless(parity, "fp32 decoder vs transformers")
         return {"vs_transformers": parity.summary()}
-    reference = fake_quant_reference(hf_model, path)
+    reference = fake_quant_reference(hf_model, path, in_place=True)  # the caller's copy is not used again
     exact_path = path.with_name("decoder.accuracy0.onnx")
     with_accuracy_level(path, 0, exact_path)
     try:
