@@ -19,6 +19,7 @@ import torch
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.graph_names import name_dims
+from qvl_compile.export.onnx_functions import cached_attention_onnx
 from qvl_compile.export.stages import Stages
 from qvl_compile.export.vision import EXTERNAL_DATA_BYTES, io_record
 from qvl_compile.manifest import file_record
@@ -127,6 +128,7 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
                          *past_k, *past_v],
             output_names=["logits", *present_k, *present_v],
             opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
+            custom_translation_table={torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx},
         )
         cache_dims = ["batch", None, "past_seq", None]
         present_dims = ["batch", None, "total_seq", None]

@@ -41,3 +41,16 @@ def frame_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, grid_thw: INT64
         attn = msft.MultiHeadAttention(q, k, v, num_heads=num_heads)  # [t, h*w, hidden]
         out = op.Concat(out, op.Reshape(attn, flat_shape), axis=0)
     return out
+
+
+@onnxscript.script(default_opset=op)
+def cached_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, past_key: FLOAT, past_value: FLOAT,
+                          num_heads: int, kv_heads: int) -> tuple[FLOAT, FLOAT, FLOAT]:
+    """`qvl_compile::cached_attention` as onnxruntime's GroupQueryAttention (causal, no rotary inside)."""
+    total = op.Add(op.Shape(past_key, start=2, end=3), op.Shape(query, start=1, end=2))  # [1] = P + S
+    batch = op.Shape(query, start=0, end=1)  # [1]
+    seqlens_k = op.Cast(op.Expand(op.Sub(total, op.Constant(value_ints=[1])), batch), to=6)  # [B] int32: P+S-1
+    total_length = op.Cast(op.Squeeze(total, op.Constant(value_ints=[0])), to=6)  # scalar int32
+    out, present_key, present_value = msft.GroupQueryAttention(
+        query, key, value, past_key, past_value, seqlens_k, total_length, num_heads=num_heads, kv_num_heads=kv_heads)
+    return out, present_key, present_value

@@ -89,7 +89,12 @@ class TextStackRecorder:
         self._handle = model.model.language_model.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module, args, kwargs):
-        pos = kwargs["position_ids"]
+        pos = kwargs.get("position_ids")
+        embeds = kwargs["inputs_embeds"]
+        if pos is None:  # text only: the text model counts on from the cache length on all three rows
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            start = 0 if cache is None else cache.get_seq_length()
+            pos = torch.arange(start, start + embeds.shape[1]).view(1, 1, -1).expand(3, embeds.shape[0], -1)
         if pos.ndim == 3 and pos.shape[0] == 4:  # 5.x prepends the plain text positions
             pos = pos[1:]
         deep = kwargs.get("deepstack_visual_embeds")

@@ -22,6 +22,21 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def quiet_libraries() -> None:
+    """torch and transformers configure their own loggers and progress bars on import; calm them."""
+    if logging.getLogger().level <= logging.DEBUG:
+        return
+    for noisy in ("torch", "torch.onnx", "onnxscript", "onnx_ir", "transformers", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def handle_errors(func):
     """Known failures end in one readable line and exit 1; --debug shows the traceback."""
 
@@ -40,6 +55,11 @@ def handle_errors(func):
             _fail(f"{exc}; this command needs the export extra: pip install 'qvl-compile[export]' torch==2.13.0")
         except KeyboardInterrupt:
             _fail("interrupted; no partial output was left behind")
+        except Exception as exc:  # noqa: BLE001 - the terminal gets one line; --debug gets the traceback
+            if debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
 
     return wrapper
 
@@ -52,9 +72,6 @@ def main(debug: bool, quiet: bool) -> None:
     """Rewrite and re-export Qwen3-VL to ONNX; run it without PyTorch."""
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    if not debug:
-        for noisy in ("torch", "onnxscript", "onnx_ir", "transformers", "onnxruntime"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 @main.command()
@@ -66,6 +83,7 @@ def tiny(out_dir: Path, seed: int, force: bool) -> None:
     """Write the embedded default: a tiny seeded random Qwen3-VL checkpoint."""
     from qvl_compile.export.tiny.checkpoint import write_tiny
 
+    quiet_libraries()
     write_tiny(out_dir, seed=seed, force=force)
     click.echo(f"wrote tiny Qwen3-VL checkpoint (seed {seed}) to {out_dir}")
 
@@ -84,6 +102,7 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
     """
     from qvl_compile.export.tiny.checkpoint import arch_dir, write_random
 
+    quiet_libraries()
     write_random(arch_dir(arch), out_dir, seed=seed, vision_only=vision_only, force=force)
     click.echo(f"wrote random-weight {arch} checkpoint to {out_dir}")
 
@@ -107,6 +126,7 @@ def export(model_dir: Path, out_dir: Path, component: str, quant: str, block_siz
     from qvl_compile.export.decoder_options import QuantOptions
     from qvl_compile.export.pipeline import export_model
 
+    quiet_libraries()
     start = time.perf_counter()
     options = QuantOptions(mode=quant, block_size=block_size, accuracy_level=accuracy_level,
                            quantize_lm_head=quantize_lm_head)
@@ -128,6 +148,7 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
     from qvl_compile.export.grids import GRID_MATRIX, parse_grid
     from qvl_compile.export.verify import verify_export
 
+    quiet_libraries()
     matrix = dict(GRID_MATRIX)
     for text in grids:
         try:
@@ -135,13 +156,14 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
         except ValueError as exc:
             raise QvlError(str(exc)) from None
     rows = verify_export(export_dir, model_dir, matrix, seed=seed)
-    click.echo(f"{'grid':<28} {'t,h,w':<28} {'output':<17} {'max abs err':>11} {'max rel err':>11}  result")
+    click.echo(f"{'case':<28} {'t,h,w':<28} {'output':<17} {'max abs err':>11} {'max rel err':>11} {'tol':>7}  result")
     for row in rows:
         thw = ";".join(",".join(map(str, g)) for g in row.grid)
-        click.echo(f"{row.name:<28} {thw:<28} {row.output:<17} {row.max_abs:>11.2e} {row.max_rel:>11.2e}  "
-                   f"{'pass' if row.passed else 'FAIL'}")
+        max_abs = "-" if row.max_abs != row.max_abs else f"{row.max_abs:.2e}"  # NaN: not measured
+        click.echo(f"{row.name:<28} {thw:<28} {row.output:<17} {max_abs:>11} {row.max_rel:>11.2e} "
+                   f"{row.tolerance:>7.0e}  {'pass' if row.passed else 'FAIL'}")
     failed = [r for r in rows if not r.passed]
-    click.echo(f"max rel err = max |onnx - torch| / max |torch|; tolerance {rows[0].tolerance:.0e}")
+    click.echo("max rel err = max |onnx - torch| / max |torch| (greedy tokens: 0 when identical)")
     if failed:
         _fail(f"{len(failed)} of {len(rows)} parity checks failed")
     click.echo(f"all {len(rows)} parity checks passed")

@@ -40,3 +40,39 @@ def frame_attention(
 @frame_attention.register_fake
 def _frame_attention_shape(query, key, value, grid_thw, num_heads):
     return torch.empty_like(query)
+
+
+@torch.library.custom_op("qvl_compile::cached_attention", mutates_args=())
+def cached_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor,
+    num_heads: int, kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal grouped-query attention over `past + new` keys.
+
+    query [B, S, heads*hd], key/value [B, S, kv*hd] (rotary already applied), past [B, kv, P, hd]
+    -> (out [B, S, heads*hd], present_key, present_value [B, kv, P+S, hd]). Lowered to onnxruntime's
+    `com.microsoft.GroupQueryAttention`, which reads the shared KV heads without copying them per group.
+    """
+    batch, seq, _ = query.shape
+    head_dim = past_key.shape[-1]
+    q = query.view(batch, seq, num_heads, head_dim).transpose(1, 2)  # [B, heads, S, hd]
+    k = key.view(batch, seq, kv_heads, head_dim).transpose(1, 2)  # [B, kv, S, hd]
+    v = value.view(batch, seq, kv_heads, head_dim).transpose(1, 2)
+    present_key = torch.cat([past_key, k], dim=2)  # [B, kv, P+S, hd]
+    present_value = torch.cat([past_value, v], dim=2)
+    total = present_key.shape[2]
+    group = num_heads // kv_heads
+    key_rep = present_key.repeat_interleave(group, dim=1)  # [B, heads, P+S, hd]
+    value_rep = present_value.repeat_interleave(group, dim=1)
+    # Query i sits at absolute position P+i and sees keys 0..P+i.
+    allowed = torch.arange(total)[None, :] <= torch.arange(seq)[:, None] + (total - seq)  # [S, P+S]
+    out = F.scaled_dot_product_attention(q, key_rep, value_rep, attn_mask=allowed)  # [B, heads, S, hd]
+    return out.transpose(1, 2).reshape(batch, seq, num_heads * head_dim), present_key, present_value
+
+
+@cached_attention.register_fake
+def _cached_attention_shape(query, key, value, past_key, past_value, num_heads, kv_heads):
+    batch, seq, _ = query.shape
+    _, kv, past, head_dim = past_key.shape
+    present = past_key.new_empty(batch, kv, past + seq, head_dim)
+    return torch.empty_like(query), present, torch.empty_like(present)

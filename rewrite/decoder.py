@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from qvl_compile.config import TextConfig
+from qvl_compile.rewrite.attention import cached_attention
 
 
 class TransposedLinear(nn.Module):
@@ -77,24 +78,15 @@ class RewrittenDecoderLayer(nn.Module):
     def forward(self, x, cos, sin, past_key, past_value):
         batch, seq, _ = x.shape
         h = self.input_layernorm(x)
-        q = self.q_norm(self.q_proj(h).view(batch, seq, self.heads, self.head_dim)).transpose(1, 2)  # [B, heads, S, hd]
-        k = self.k_norm(self.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim)).transpose(1, 2)  # [B, kv, S, hd]
-        v = self.v_proj(h).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, hd]
+        q = self.q_norm(self.q_proj(h).view(batch, seq, self.heads, self.head_dim))  # [B, S, heads, hd]
+        k = self.k_norm(self.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim))  # [B, S, kv, hd]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        key = torch.cat([past_key, k], dim=2)  # [B, kv, P+S, hd]
-        value = torch.cat([past_value, v], dim=2)
-        total = key.shape[2]
-        group = self.heads // self.kv_heads
-        key_rep = key[:, :, None].expand(batch, self.kv_heads, group, total, self.head_dim).reshape(
-            batch, self.heads, total, self.head_dim)  # [B, heads, P+S, hd]
-        value_rep = value[:, :, None].expand(batch, self.kv_heads, group, total, self.head_dim).reshape(
-            batch, self.heads, total, self.head_dim)
-        # Causal over the cache: query i (absolute position P+i) sees keys 0..P+i.
-        allowed = torch.arange(total, device=x.device)[None, :] <= (
-            torch.arange(seq, device=x.device)[:, None] + (total - seq))  # [S, P+S]
-        attn = nn.functional.scaled_dot_product_attention(q, key_rep, value_rep, attn_mask=allowed)  # [B, heads, S, hd]
-        x = x + self.o_proj(attn.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
+        attn, key, value = cached_attention(
+            q.reshape(batch, seq, self.heads * self.head_dim), k.reshape(batch, seq, self.kv_heads * self.head_dim),
+            self.v_proj(h), past_key, past_value, self.heads, self.kv_heads,
+        )  # [B, S, heads*hd], present [B, kv, P+S, hd] x2
+        x = x + self.o_proj(attn)
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(self.act(self.gate_proj(h)) * self.up_proj(h))
         return x, key, value
@@ -120,12 +112,12 @@ class RewrittenTextDecoder(nn.Module):
         self.num_deepstack = int(num_deepstack)
 
     def rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [3, B, S] -> cos, sin [B, 1, S, head_dim]."""
+        """position_ids [3, B, S] -> cos, sin [B, S, 1, head_dim] (broadcast over heads)."""
         freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq  # [3, B, S, hd/2]
         index = self.mrope_axes.view(1, 1, 1, -1).expand(1, freqs.shape[1], freqs.shape[2], -1)
         freqs = torch.gather(freqs, 0, index)[0]  # [B, S, hd/2], row chosen per frequency
         emb = torch.cat([freqs, freqs], dim=-1)  # [B, S, hd]
-        return (emb.cos() * self.attention_scaling)[:, None], (emb.sin() * self.attention_scaling)[:, None]
+        return (emb.cos() * self.attention_scaling)[:, :, None], (emb.sin() * self.attention_scaling)[:, :, None]
 
     def forward(self, input_ids, position_ids, visual_embeds, deepstack_embeds, logit_positions, past_keys, past_values):
         batch, seq = input_ids.shape

@@ -66,3 +66,26 @@ def test_truncated_weights_are_named(tiny_dir, tmp_path):
     assert "model.safetensors" in result.stderr and "truncated" in result.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_readme_main_job_exports_and_verifies_both_graphs(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    exported = run_cli("export", tiny_dir, out, check=True)
+    assert "vision: vision.onnx" in exported.stdout and "decoder: decoder.onnx" in exported.stdout
+    verified = run_cli("verify", out, "--model", tiny_dir, check=True)
+    assert "decoder: video, 2 images" in verified.stdout and "greedy tokens" in verified.stdout
+    assert "FAIL" not in verified.stdout and "parity checks passed" in verified.stdout
+    assert "Loading weights" not in exported.stderr + verified.stderr  # library progress bars stay quiet
+
+
+def test_decoder_only_export_keeps_the_earlier_vision_graph(vision_export, tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    out = tmp_path / "both"
+    shutil.copytree(vision_export, out)
+    run_cli("export", tiny_dir, out, "--component", "decoder", "--quant", "fp32", check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) == {"vision", "decoder"}
+    assert manifest["artifacts"]["decoder"]["quant"]["mode"] == "fp32"
+    assert (out / "vision.onnx").is_file() and (out / "decoder.onnx").is_file()

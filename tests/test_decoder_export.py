@@ -134,5 +134,5 @@ def test_rotary_layout_matches_transformers_interleaved_mrope(hf_model):
     positions = torch.from_numpy(np.random.default_rng(0).integers(0, 500, (3, 1, 7)))
     cos, sin = ours.rotary(positions)
     ref_cos, ref_sin = text.rotary_emb(torch.zeros(1, 7, 64), positions)
-    torch.testing.assert_close(cos[:, 0], ref_cos, rtol=0, atol=1e-6)
-    torch.testing.assert_close(sin[:, 0], ref_sin, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cos[:, :, 0], ref_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin[:, :, 0], ref_sin, rtol=0, atol=1e-6)
