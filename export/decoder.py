@@ -7,7 +7,6 @@ onnxruntime's own `MatMulNBitsQuantizer`.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.graph_names import name_dims
 from qvl_compile.export.onnx_functions import cached_attention_onnx
-from qvl_compile.export.stages import Stages
+from qvl_compile.export.stages import Stages, release_memory
 from qvl_compile.export.vision import EXTERNAL_DATA_BYTES, io_record
 from qvl_compile.manifest import file_record
 from qvl_compile.export.decoder_options import QuantOptions
@@ -100,7 +99,8 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
     num_deepstack = len(config.vision.deepstack_visual_indexes)
     with stages.run("rewrite"):
         decoder = RewrittenTextDecoder(hf_model, config.text, config.image_token_id, config.video_token_id,
-                                       num_deepstack).eval()
+                                       num_deepstack, consume=True).eval()
+        hf_model.model.visual = None  # the decoder graph needs none of the vision tower's 0.4B parameters
         weight_bytes = sum(p.numel() * p.element_size() for p in decoder.parameters())
         weight_bytes += decoder.embed_tokens.numel() * 4
 
@@ -140,7 +140,7 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
         onnx_program.save(str(fp32_path), external_data=external)
     # Free the captured program and the checkpoint before quantizing: at 2B size each holds gigabytes.
     del onnx_program, program, decoder, hf_model
-    gc.collect()
+    release_memory()
 
     with stages.run("check (onnx.checker, onnxruntime load)"):
         onnx.checker.check_model(str(fp32_path), full_check=True)
@@ -153,6 +153,7 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
             op_counts = _quantize(fp32_path, path, options, external)
             for stale in [fp32_path, work_dir / (fp32_name + ".data")]:
                 stale.unlink(missing_ok=True)
+            release_memory()
             expected = 7 * layers + (1 if options.quantize_lm_head else 0)
             if op_counts.get("MatMulNBits", 0) != expected:
                 raise QvlError(f"expected {expected} MatMulNBits nodes, the quantizer made {op_counts.get('MatMulNBits', 0)}")

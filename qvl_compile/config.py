@@ -4,13 +4,13 @@ Torch-free: the runtime reads the same dataclasses.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qvl_compile.errors import QvlError
+from qvl_compile.jsonfile import read_folder_json
 
 SUPPORTED_ARCHITECTURES = ("Qwen3VLForConditionalGeneration",)
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
@@ -169,14 +169,5 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise QvlError(f"model folder {str(model_dir)!r} does not exist or is not a folder")
-        path = model_dir / "config.json"
-        if not path.is_file():
-            raise QvlError(f"{model_dir} is not a checkpoint: expected config.json, found none")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise QvlError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        path, raw = read_folder_json(model_dir, "config.json", "checkpoint")
         return cls.from_dict(raw, source=str(path))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qvl_compile.errors import QvlError
+from qvl_compile.jsonfile import read_folder_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "qvl-compile/1"
@@ -30,19 +31,20 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        raise QvlError(f"export folder {str(folder)!r} does not exist")
-    if not path.is_file():
-        raise QvlError(f"{folder} is not a qvl-compile export: expected {MANIFEST_NAME}, found none")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise QvlError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    path, manifest = read_folder_json(folder, MANIFEST_NAME, "qvl-compile export")
     if manifest.get("format") != FORMAT:
         raise QvlError(f"{path}: expected format {FORMAT!r}, got {manifest.get('format')!r}")
     return manifest
+
+
+def load_artifact(folder: str | Path, name: str, hashes: bool = False) -> tuple[Path, dict[str, Any]]:
+    """(graph path, manifest entry) of artifact `name`, after checking its files' sizes (and hashes)."""
+    folder = Path(folder)
+    artifact = read_manifest(folder).get("artifacts", {}).get(name)
+    if artifact is None:
+        raise QvlError(f"{folder}: the manifest lists no {name} artifact (export with --component {name})")
+    check_files(folder, artifact["files"], hashes=hashes)
+    return folder / artifact["files"][0]["path"], artifact
 
 
 def check_files(folder: Path, files: list[dict[str, Any]], hashes: bool = False) -> None:

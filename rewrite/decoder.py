@@ -26,11 +26,13 @@ class TransposedLinear(nn.Module):
     """`x @ W.T (+ b)` with `W.T` stored as the initializer: ONNX MatMul with a constant [in, out] B,
     the form onnxruntime's MatMulNBits quantizer rewrites."""
 
-    def __init__(self, linear: nn.Module, weight: torch.Tensor | None = None):
+    def __init__(self, linear: nn.Module, consume: bool = False):
         super().__init__()
-        source = linear.weight if weight is None else weight
-        # A transposed view of the checkpoint's tensor (no copy: a 2B model would otherwise need twice its RAM).
-        self.weight_t = nn.Parameter(source.detach().T, requires_grad=False)  # [in, out]
+        # A contiguous [in, out] copy: what the ONNX initializer holds. With `consume` the source module
+        # drops its own tensor at once, so a 2B export never holds both layouts of every weight.
+        self.weight_t = nn.Parameter(linear.weight.detach().T.contiguous(), requires_grad=False)  # [in, out]
+        if consume:
+            linear.weight = None
         bias = getattr(linear, "bias", None)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
@@ -62,16 +64,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RewrittenDecoderLayer(nn.Module):
-    def __init__(self, hf_layer: nn.Module, config: TextConfig):
+    def __init__(self, hf_layer: nn.Module, config: TextConfig, consume: bool = False):
         super().__init__()
-        attn = hf_layer.self_attn
+        attn, mlp = hf_layer.self_attn, hf_layer.mlp
         self.input_layernorm, self.post_attention_layernorm = hf_layer.input_layernorm, hf_layer.post_attention_layernorm
         self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
-        self.q_proj, self.k_proj = TransposedLinear(attn.q_proj), TransposedLinear(attn.k_proj)
-        self.v_proj, self.o_proj = TransposedLinear(attn.v_proj), TransposedLinear(attn.o_proj)
-        mlp = hf_layer.mlp
-        self.gate_proj, self.up_proj, self.down_proj = (TransposedLinear(mlp.gate_proj), TransposedLinear(mlp.up_proj),
-                                                        TransposedLinear(mlp.down_proj))
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            TransposedLinear(getattr(attn, name), consume) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.gate_proj, self.up_proj, self.down_proj = (
+            TransposedLinear(getattr(mlp, name), consume) for name in ("gate_proj", "up_proj", "down_proj"))
         self.act = mlp.act_fn
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
 
@@ -94,14 +95,15 @@ class RewrittenDecoderLayer(nn.Module):
 
 class RewrittenTextDecoder(nn.Module):
     def __init__(self, hf_model: nn.Module, config: TextConfig, image_token_id: int, video_token_id: int,
-                 num_deepstack: int):
+                 num_deepstack: int, consume: bool = False):
+        """`consume=True` moves the projection weights out of `hf_model` (unusable afterwards): export only."""
         super().__init__()
         text = hf_model.model.language_model
         self.embed_tokens = text.embed_tokens.weight  # [vocab, H]
-        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config) for layer in text.layers)
+        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config, consume) for layer in text.layers)
         self.norm = text.norm
         # A tied lm_head gets its own [H, vocab] copy, so it can be quantized apart from the embedding table.
-        self.lm_head = TransposedLinear(hf_model.lm_head)
+        self.lm_head = TransposedLinear(hf_model.lm_head, consume)
         rotary = text.rotary_emb
         self.register_buffer("inv_freq", rotary.inv_freq.detach().clone().float(), persistent=False)
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))

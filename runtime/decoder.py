@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from qvl_compile.errors import QvlError
-from qvl_compile.manifest import check_files, read_manifest
+from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import make_session
 
 
@@ -50,13 +50,8 @@ class TextDecoder:
     @classmethod
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                     verify_hashes: bool = False) -> "TextDecoder":
-        export_dir = Path(export_dir)
-        artifact = read_manifest(export_dir).get("artifacts", {}).get("decoder")
-        if artifact is None:
-            raise QvlError(f"{export_dir}: the manifest lists no decoder artifact (export with --component decoder)")
-        check_files(export_dir, artifact["files"], hashes=verify_hashes)
-        return cls(export_dir / artifact["files"][0]["path"], DecoderFacts.from_artifact(artifact), providers,
-                   intra_op_threads)
+        graph, artifact = load_artifact(export_dir, "decoder", hashes=verify_hashes)
+        return cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
 
     def empty_cache(self, batch: int = 1) -> KVCache:
         f = self.facts

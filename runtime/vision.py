@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from qvl_compile.errors import QvlError
-from qvl_compile.manifest import check_files, read_manifest
+from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import make_session
 
 
@@ -63,13 +63,8 @@ class VisionEncoder:
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                     verify_hashes: bool = False) -> "VisionEncoder":
         """The `vision.onnx` of an export folder, after checking its files against the manifest."""
-        export_dir = Path(export_dir)
-        artifact = read_manifest(export_dir).get("artifacts", {}).get("vision")
-        if artifact is None:
-            raise QvlError(f"{export_dir}: the manifest lists no vision artifact (export with --component vision)")
-        check_files(export_dir, artifact["files"], hashes=verify_hashes)
-        return cls(export_dir / artifact["files"][0]["path"], artifact["patch_dim"], artifact["spatial_merge_size"],
-                   providers, intra_op_threads)
+        graph, artifact = load_artifact(export_dir, "vision", hashes=verify_hashes)
+        return cls(graph, artifact["patch_dim"], artifact["spatial_merge_size"], providers, intra_op_threads)
 
     def __call__(self, pixel_values, grid_thw) -> VisionOutput:
         pixels, grid = validate_vision_inputs(pixel_values, grid_thw, self.patch_dim, self.merge_size)

@@ -21,7 +21,7 @@ def test_2b_vision_exports_and_matches_eager(tmp_path):
 
 
 def test_2b_int4_decoder_matches_its_fake_quant_reference(tmp_path):
-    """Peak RSS about 22 GB (fp32 checkpoint + capture); export about 4.5 minutes on 2 cores."""
+    """Export about 4 minutes on 2 cores; see the stage log for peak RSS (about 20 GB or more)."""
     import json
 
     from qvl_compile.export.pipeline import export_model
@@ -31,4 +31,4 @@ def test_2b_int4_decoder_matches_its_fake_quant_reference(tmp_path):
     out = tmp_path / "out"
     export_model(model, out, component="decoder")  # raises on a parity failure
     check = json.loads((out / "manifest.json").read_text())["artifacts"]["decoder"]["export_check"]
-    assert check["accuracy_level_0_vs_fake_quant"]["tokens_identical"]
+    assert check["accuracy_level_1_vs_fake_quant"]["tokens_identical"]

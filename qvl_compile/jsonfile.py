@@ -1,0 +1,22 @@
+"""Read the JSON file a folder must hold, with one-line errors naming the folder and the file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qvl_compile.errors import QvlError
+
+
+def read_folder_json(folder: str | Path, name: str, what: str) -> tuple[Path, dict[str, Any]]:
+    """(path, parsed) of `folder/name`; `what` says what the folder should be ("checkpoint", ...)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QvlError(f"{what} folder {str(folder)!r} does not exist or is not a folder")
+    path = folder / name
+    if not path.is_file():
+        raise QvlError(f"{folder} is not a {what}: expected {name}, found none")
+    try:
+        return path, json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise QvlError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
