@@ -54,6 +54,16 @@ def _carry_over(out_dir: Path, work_dir: Path, source: dict[str, Any], keep: set
 
 
 COMPONENTS = ("vision", "decoder", "all")
+# What the torch-free runtime reads beside the graphs, copied from the checkpoint when present.
+RUNTIME_ASSETS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "chat_template.jinja", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def _max_positions(model_dir: Path) -> int:
+    import json
+
+    text = json.loads((model_dir / "config.json").read_text()).get("text_config", {})
+    return int(text.get("max_position_embeddings", 0))
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "all",
@@ -76,16 +86,21 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
             artifacts["vision"] = export_vision(model_dir, work_dir)
         if "decoder" in wanted:
             artifacts["decoder"] = export_decoder(model_dir, work_dir, quant)
+        assets = [name for name in RUNTIME_ASSETS if (model_dir / name).is_file()]
+        for name in assets:
+            shutil.copy2(model_dir / name, work_dir / name)
         manifest = {
             "format": FORMAT,
             "source": source,
-            "model": {"vision": dataclasses.asdict(config.vision), "text": dataclasses.asdict(config.text),
+            "model": {"vision": dataclasses.asdict(config.vision),
+                      "text": dataclasses.asdict(config.text) | {"max_position_embeddings": _max_positions(model_dir)},
                       "image_token_id": config.image_token_id, "video_token_id": config.video_token_id,
                       "vision_start_token_id": config.vision_start_token_id,
                       "vision_end_token_id": config.vision_end_token_id},
             "versions": _versions(),
             "options": {"component": component, "quant": dataclasses.asdict(quant)},
             "artifacts": artifacts,
+            "assets": [file_record(work_dir, name) for name in assets],
         }
         write_manifest(work_dir, manifest)
     log.info("wrote %s", out_dir)

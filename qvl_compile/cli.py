@@ -169,5 +169,37 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
     click.echo(f"all {len(rows)} parity checks passed")
 
 
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="The user's message.")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help="An image file (repeatable).")
+@click.option("--video", type=click.Path(path_type=Path), help="A video file (decoded with PyAV).")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of the checkpoint's sampling defaults.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"text": ..., "token_ids": [...]} instead of streaming.')
+@handle_errors
+def generate(export_dir: Path, prompt: str, images: tuple[Path, ...], video: Path | None, max_new_tokens: int,
+             greedy: bool, seed: int | None, threads: int, as_json: bool) -> None:
+    """Generate text from an export folder with onnxruntime only (no torch)."""
+    import json
+
+    from qvl_compile.runtime.pipeline import Pipeline
+
+    pipe = Pipeline(export_dir, intra_op_threads=threads)
+    ids, shown = [], ""
+    for token, text in pipe.stream(prompt, images=list(images), video=video, max_new_tokens=max_new_tokens,
+                                   greedy=greedy, seed=seed):
+        ids.append(token)
+        if not as_json and text.startswith(shown):
+            click.echo(text[len(shown):], nl=False)
+            shown = text
+    if as_json:
+        click.echo(json.dumps({"text": text if ids else "", "token_ids": ids}))
+    else:
+        click.echo(text[len(shown):] if text.startswith(shown) else "")
+
+
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ FORBIDDEN = ("torch", "transformers", "qvl_compile.export", "qvl_compile.rewrite
 def test_importing_runtime_loads_no_torch():
     code = (
         "import sys, qvl_compile, qvl_compile.runtime, qvl_compile.config, qvl_compile.manifest, qvl_compile.cli\n"
+        "import qvl_compile.runtime.pipeline, qvl_compile.runtime.video, av\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
         "print(','.join(bad))"
     )

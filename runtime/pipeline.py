@@ -1,0 +1,133 @@
+"""The torch-free pipeline: images, a video and a prompt in, generated tokens out (streamed).
+
+    pipe = Pipeline("out")                      # sessions are created once and reused
+    for token_id, text_so_far in pipe.stream("Describe.", images=["cat.png"]):
+        ...
+    result = pipe.generate("Describe.", images=["cat.png"], max_new_tokens=64, greedy=True)
+
+One call at a time per Pipeline: calls are serialised by a lock (the KV cache lives per call, the
+sessions are shared).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tokenizers import Tokenizer
+
+from qvl_compile.errors import QvlError
+from qvl_compile.manifest import read_manifest
+from qvl_compile.runtime.decoder import TextDecoder
+from qvl_compile.runtime.preprocess import ImageProcessorConfig, load_image, preprocess_image, to_rgb
+from qvl_compile.runtime.prompt import expand_placeholders, load_chat_template, user_message
+from qvl_compile.runtime.rope_index import mrope_position_ids
+from qvl_compile.runtime.sampling import SamplingConfig, next_token
+from qvl_compile.runtime.video import Video, VideoProcessorConfig, preprocess_video, read_video
+from qvl_compile.runtime.vision import VisionEncoder
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    input_ids: np.ndarray  # [S]
+    position_ids: np.ndarray  # [3, S]
+    rope_delta: int
+    pixel_values: np.ndarray | None  # [num_patches, patch_dim], media in prompt order
+    grid_thw: np.ndarray | None  # [num_media, 3]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+
+
+class Pipeline:
+    def __init__(self, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
+                 verify_hashes: bool = False):
+        self.export_dir = Path(export_dir)
+        manifest = read_manifest(self.export_dir)
+        model = manifest["model"]
+        self.image_token_id, self.video_token_id = int(model["image_token_id"]), int(model["video_token_id"])
+        self.merge_size = int(model["vision"]["spatial_merge_size"])
+        self.decoder = TextDecoder.from_export(self.export_dir, providers, intra_op_threads, verify_hashes)
+        self.vision = VisionEncoder.from_export(self.export_dir, providers, intra_op_threads, verify_hashes)
+        tokenizer_path = self.export_dir / "tokenizer.json"
+        if not tokenizer_path.is_file():
+            raise QvlError(f"{self.export_dir}: expected tokenizer.json (copied from the checkpoint at export)")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.template = load_chat_template(self.export_dir)
+        self.image_config = ImageProcessorConfig.from_dir(self.export_dir)
+        self.sampling = SamplingConfig.from_dir(self.export_dir)
+        self.max_context = int(model["text"].get("max_position_embeddings", 0)) or None
+        self._lock = threading.Lock()
+
+    def prepare(self, prompt: str, images=(), video=None) -> PreparedPrompt:
+        """Render the chat template, expand placeholders, preprocess media, compute M-RoPE positions."""
+        if not prompt.strip() and not images and video is None:
+            raise QvlError("empty prompt and no image or video: nothing to answer")
+        rows, grids, image_grids, video_grids, stamps = [], [], [], [], []
+        for image in images:
+            pixels, grid = preprocess_image(to_rgb(image) if isinstance(image, Image.Image) else load_image(image),
+                                            self.image_config)
+            rows.append(pixels), grids.append(grid), image_grids.append(grid)
+        if video is not None:
+            video_config = VideoProcessorConfig.from_dir(self.export_dir)
+            clip = video if isinstance(video, Video) else read_video(video, video_config)
+            pixels, grid, times = preprocess_video(clip, video_config)
+            rows.append(pixels), grids.append(grid), video_grids.append(grid), stamps.append(times)
+        messages = user_message(prompt, len(image_grids), len(video_grids))
+        text = self.template.render(messages=messages, add_generation_prompt=True)
+        text = expand_placeholders(text, image_grids, video_grids, stamps, self.merge_size)
+        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        positions, delta = mrope_position_ids(ids, self.image_token_id, self.video_token_id, image_grids,
+                                              video_grids, self.merge_size)
+        return PreparedPrompt(ids, positions, delta, np.concatenate(rows) if rows else None,
+                              np.asarray(grids, np.int64) if grids else None)
+
+    def stream(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
+               seed: int | None = None, sampling: SamplingConfig | None = None) -> Iterator[tuple[int, str]]:
+        """Yield (token id, decoded text so far) for each generated token; stops at EOS or max_new_tokens."""
+        cfg = sampling or self.sampling
+        cfg = cfg.greedy() if greedy else cfg
+        cfg.validate()
+        if max_new_tokens < 1:
+            raise QvlError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        with self._lock:
+            prepared = self.prepare(prompt, images, video)
+            seq = len(prepared.input_ids)
+            if self.max_context and seq + max_new_tokens > self.max_context:
+                raise QvlError(f"prompt of {seq} tokens + {max_new_tokens} new tokens exceeds the context of "
+                               f"{self.max_context} tokens")
+            visual = deepstack = None
+            if prepared.pixel_values is not None:
+                out = self.vision(prepared.pixel_values, prepared.grid_thw)
+                visual, deepstack = out.image_embeds, out.deepstack_embeds
+            logits, cache = self.decoder.forward(prepared.input_ids[None], prepared.position_ids[:, None],
+                                                 self.decoder.empty_cache(), visual, deepstack)
+            rng = np.random.default_rng(seed)
+            history = list(prepared.input_ids)
+            generated: list[int] = []
+            next_position = seq + prepared.rope_delta
+            for step in range(max_new_tokens):
+                token = next_token(logits[0, -1], history, cfg, rng)
+                generated.append(token)
+                history.append(token)
+                yield token, self.tokenizer.decode(generated, skip_special_tokens=True)
+                if token in cfg.eos_token_ids or step == max_new_tokens - 1:
+                    break
+                position = np.full((3, 1, 1), next_position + step, np.int64)
+                logits, cache = self.decoder.forward(np.array([[token]]), position, cache)
+
+    def generate(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
+                 seed: int | None = None, sampling: SamplingConfig | None = None) -> GenerationResult:
+        ids, text = [], ""
+        for token, text in self.stream(prompt, images, video, max_new_tokens, greedy, seed, sampling):
+            ids.append(token)
+        return GenerationResult(text, ids)
+
+
+__all__ = ["Pipeline", "GenerationResult", "PreparedPrompt", "SamplingConfig", "replace"]

@@ -1,0 +1,114 @@
+"""The torch-free pipeline end to end against transformers: prompt ids, pixels, positions, generated tokens."""
+import inspect
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from qvl_compile.export.decoder_options import QuantOptions
+from qvl_compile.export.pipeline import export_model
+from qvl_compile.runtime.pipeline import Pipeline
+from qvl_compile.runtime.sampling import SamplingConfig, apply_repetition_penalty, next_token
+
+
+@pytest.fixture(scope="module")
+def fp32_pipeline_dir(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "out"
+    export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(3)
+    paths = []
+    # Both within transformers 4.57's slow-processor pixel bounds (it ignores the config's `size`), and
+    # without alpha (4.57 drops it, 5.x composites over white; tests/test_preprocess.py covers modes on 5.x).
+    for i, (h, w, mode) in enumerate([(300, 420, "RGB"), (330, 250, "L")]):
+        image = Image.fromarray(rng.integers(0, 255, (h, w, 4), dtype=np.uint8), "RGBA").convert(mode)
+        paths.append(folder / f"img{i}.png")
+        image.save(paths[-1])
+    return paths
+
+
+def _hf_inputs(tiny_dir, prompt, image_paths):
+    from transformers import AutoTokenizer
+
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as Processor
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    content = [{"type": "image"} for _ in image_paths] + [{"type": "text", "text": prompt}]
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    pixels = Processor.from_pretrained(tiny_dir)(images=[Image.open(p) for p in image_paths], return_tensors="np")
+    pieces = text.split("<|image_pad|>")  # expansion as Qwen3VLProcessor.replace_image_token does it
+    text = pieces[0] + "".join("<|image_pad|>" * int(g.prod() // 4) + rest
+                               for g, rest in zip(pixels["image_grid_thw"], pieces[1:]))
+    ids = tok(text, return_tensors="pt").input_ids
+    return ids, pixels
+
+
+def test_prompt_pixels_and_positions_match_transformers(fp32_pipeline_dir, tiny_dir, images):
+    pipe = Pipeline(fp32_pipeline_dir)
+    prepared = pipe.prepare("What differs between them?", images=images)
+    ids, pixels = _hf_inputs(tiny_dir, "What differs between them?", images)
+    assert prepared.input_ids.tolist() == ids[0].tolist()
+    assert prepared.grid_thw.tolist() == pixels["image_grid_thw"].tolist()
+    # One float32 ulp: transformers rescales and normalises in another order.
+    assert np.abs(prepared.pixel_values - pixels["pixel_values"]).max() <= 1e-6
+
+
+def test_greedy_generation_matches_transformers_generate(fp32_pipeline_dir, tiny_dir, images):
+    """Greedy with a repetition penalty (so the tiny model does not repeat one token) vs model.generate."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    pipe = Pipeline(fp32_pipeline_dir)
+    config = SamplingConfig(do_sample=False, repetition_penalty=8.0, eos_token_ids=pipe.sampling.eos_token_ids)
+    ours = pipe.generate("Describe both images.", images=images, max_new_tokens=16, sampling=config)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    ids, pixels = _hf_inputs(tiny_dir, "Describe both images.", images)
+    kwargs = dict(input_ids=ids, pixel_values=torch.from_numpy(pixels["pixel_values"]),
+                  image_grid_thw=torch.from_numpy(pixels["image_grid_thw"]))
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        kwargs["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
+    with torch.no_grad():
+        out = model.generate(**kwargs, max_new_tokens=16, do_sample=False, repetition_penalty=8.0)
+    reference = out[0, ids.shape[1]:].tolist()
+    assert ours.token_ids == reference
+    assert len(set(reference)) > 1
+
+
+def test_cli_generate_json(fp32_pipeline_dir, images):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "qvl_compile.cli", "generate", str(fp32_pipeline_dir),
+                             "--prompt", "Hi", "--image", str(images[0]), "--max-new-tokens", "5", "--greedy",
+                             "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert len(payload["token_ids"]) == 5 and isinstance(payload["text"], str)
+
+
+def test_sampling_steps():
+    logits = np.array([2.0, -1.0, 0.5, 1.9])
+    penalised = apply_repetition_penalty(logits, [0, 1], 2.0)
+    assert penalised.tolist() == [1.0, -2.0, 0.5, 1.9]
+    rng = np.random.default_rng(0)
+    top1 = SamplingConfig(do_sample=True, top_k=1)
+    assert {next_token(logits, [], top1, rng) for _ in range(20)} == {0}
+    nucleus = SamplingConfig(do_sample=True, top_p=0.5)  # p(0) ~ 0.49, p(3) ~ 0.44: both needed for 0.5
+    assert {next_token(logits, [], nucleus, rng) for _ in range(200)} == {0, 3}
+    assert next_token(logits, [0], SamplingConfig(repetition_penalty=3.0), rng) == 3
+
+
+def test_empty_prompt_without_media_is_refused(fp32_pipeline_dir):
+    from qvl_compile.errors import QvlError
+
+    with pytest.raises(QvlError, match="nothing to answer"):
+        Pipeline(fp32_pipeline_dir).generate("  ")
