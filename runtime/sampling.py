@@ -60,22 +60,30 @@ def apply_repetition_penalty(logits: np.ndarray, history, penalty: float) -> np.
     return logits
 
 
-def next_token(logits: np.ndarray, history, cfg: SamplingConfig, rng: np.random.Generator) -> int:
-    """logits [vocab] float -> the chosen token id."""
+def filtered_logits(logits: np.ndarray, history, cfg: SamplingConfig) -> np.ndarray:
+    """Repetition penalty, then (when sampling) temperature, top-k and top-p; removed tokens get -inf."""
     logits = apply_repetition_penalty(np.asarray(logits, np.float64), history, cfg.repetition_penalty)
     if not cfg.do_sample:
-        return int(np.argmax(logits))
+        return logits
     logits = logits / cfg.temperature
     if 0 < cfg.top_k < logits.shape[0]:
         kth = np.partition(logits, -cfg.top_k)[-cfg.top_k]
         logits = np.where(logits < kth, -np.inf, logits)
     if cfg.top_p < 1.0:
-        order = np.argsort(logits)  # ascending, as transformers' top-p warper
+        order = np.argsort(logits, kind="stable")  # ascending, as transformers' top-p warper
         probs = np.exp(logits[order] - logits[order][-1])
         probs /= probs.sum()
         remove = np.cumsum(probs) <= 1 - cfg.top_p
         remove[-1] = False  # always keep the most likely token
         logits[order[remove]] = -np.inf
+    return logits
+
+
+def next_token(logits: np.ndarray, history, cfg: SamplingConfig, rng: np.random.Generator) -> int:
+    """logits [vocab] float -> the chosen token id."""
+    logits = filtered_logits(logits, history, cfg)
+    if not cfg.do_sample:
+        return int(np.argmax(logits))
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     return int(rng.choice(len(probs), p=probs))

@@ -43,6 +43,16 @@ class Video:
     indices: list[int]  # their indices in the source
     fps: float  # the source's frame rate
 
+    @classmethod
+    def from_images(cls, frames, fps: float = 2.0) -> "Video":
+        """Frames already sampled (PIL images or files), `fps` apart."""
+        from qvl_compile.runtime.preprocess import load_image
+
+        images = [to_rgb(f) if isinstance(f, Image.Image) else load_image(f) for f in frames]
+        if not images:
+            raise QvlError("a video needs at least one frame, got none")
+        return cls(images, list(range(len(images))), float(fps))
+
 
 def sample_indices(total: int, video_fps: float, cfg: VideoProcessorConfig) -> list[int]:
     count = int(total / video_fps * cfg.fps)

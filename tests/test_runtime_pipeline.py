@@ -107,6 +107,27 @@ def test_sampling_steps():
     assert next_token(logits, [0], SamplingConfig(repetition_penalty=3.0), rng) == 3
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p, penalty", [(0.7, 20, 0.8, 1.0), (1.3, 0, 0.5, 1.2),
+                                                                 (1.0, 5, 1.0, 2.0), (0.5, 0, 0.95, 1.0)])
+def test_filters_match_transformers_warpers(temperature, top_k, top_p, penalty):
+    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    from qvl_compile.runtime.sampling import filtered_logits
+
+    rng = np.random.default_rng(int(temperature * 100) + top_k)
+    logits = rng.normal(0, 3, 500).astype(np.float32)
+    history = rng.integers(0, 500, 40)
+    steps = [RepetitionPenaltyLogitsProcessor(penalty), TemperatureLogitsWarper(temperature)]
+    steps += [TopKLogitsWarper(top_k)] if top_k else []
+    steps += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    ref = LogitsProcessorList(steps)(torch.from_numpy(history[None]), torch.from_numpy(logits[None].copy()))[0]
+    ours = filtered_logits(logits, history, SamplingConfig(True, temperature, top_k, top_p, penalty))
+    assert np.array_equal(np.isinf(ours), torch.isinf(ref).numpy())
+    kept = ~np.isinf(ours)
+    assert np.allclose(ours[kept], ref.numpy()[kept], rtol=1e-5, atol=1e-5)
+
+
 def test_empty_prompt_without_media_is_refused(fp32_pipeline_dir):
     from qvl_compile.errors import QvlError
 
