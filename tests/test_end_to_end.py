@@ -1,0 +1,100 @@
+"""Issue 4's end-to-end parity: the torch-free pipeline vs transformers' generate(), 24 greedy tokens.
+
+Text, one image, two images of different sizes, a video, and an image plus a video, on the tiny model
+exported in fp32. transformers gets its own PIL image processor's pixels; for video (its processor needs
+torchvision) it gets the same pixel values as ours, so the model path is compared end to end. A repetition
+penalty keeps the random tiny model from repeating one token (plain greedy is checked too).
+"""
+import inspect
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qvl_compile.export.decoder_options import QuantOptions
+from qvl_compile.export.pipeline import export_model
+from qvl_compile.runtime.pipeline import Pipeline
+from qvl_compile.runtime.sampling import SamplingConfig
+
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "out"
+    export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
+    return Pipeline(out)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(11)
+    paths = {}
+    for name, (h, w) in {"wide": (280, 460), "tall": (400, 260)}.items():
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[name])
+    paths["video"] = folder / "clip.mp4"
+    with av.open(str(paths["video"]), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
+        for _ in range(16):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (128, 160, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from qvl_compile.export.decoder import load_full_model
+
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
+    except ImportError:  # 4.57.x
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as Processor
+    return load_full_model(tiny_dir), Processor.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+
+
+CASES = {"text only": ([], False), "one image": (["wide"], False), "two images": (["wide", "tall"], False),
+         "video": ([], True), "image + video": (["tall"], True)}
+
+
+@pytest.mark.parametrize("penalty", [8.0, 1.0], ids=["penalty 8", "plain greedy"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_generate_matches_transformers(pipeline, media, hf, case, penalty):
+    model, processor, _ = hf
+    names, with_video = CASES[case]
+    images = [media[n] for n in names]
+    video = media["video"] if with_video else None
+    prompt = "Describe what you see in detail."
+    prepared = pipeline.prepare(prompt, images=images, video=video)
+    config = SamplingConfig(repetition_penalty=penalty, eos_token_ids=pipeline.sampling.eos_token_ids)
+    ours = pipeline.generate(prompt, images=images, video=video, max_new_tokens=NEW_TOKENS, sampling=config)
+
+    ids = torch.from_numpy(prepared.input_ids[None])
+    kwargs = {"input_ids": ids}
+    if images:
+        pixels = processor(images=[Image.open(p) for p in images], return_tensors="np")
+        kwargs["pixel_values"] = torch.from_numpy(pixels["pixel_values"])
+        kwargs["image_grid_thw"] = torch.from_numpy(pixels["image_grid_thw"])
+        assert pixels["image_grid_thw"].tolist() == prepared.grid_thw[: len(images)].tolist()
+    if with_video:
+        rows = int(np.prod(prepared.grid_thw[-1]))
+        kwargs["pixel_values_videos"] = torch.from_numpy(prepared.pixel_values[-rows:])
+        kwargs["video_grid_thw"] = torch.from_numpy(prepared.grid_thw[-1:])
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        types = (ids == model.config.image_token_id).long() + 2 * (ids == model.config.video_token_id).long()
+        kwargs["mm_token_type_ids"] = types
+    model.model.rope_deltas = None
+    with torch.no_grad():
+        out = model.generate(**kwargs, max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=penalty)
+    reference = out[0, ids.shape[1]:].tolist()
+    assert ours.token_ids == reference
+    assert len(ours.token_ids) == NEW_TOKENS or ours.token_ids[-1] in pipeline.sampling.eos_token_ids
