@@ -1,6 +1,7 @@
 """The command line: main job on the embedded default, one-line errors, non-zero exit on parity failure."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,10 @@ def test_readme_main_job_exports_and_verifies_both_graphs(tiny_dir, tmp_path):
     assert "decoder: video, 2 images" in verified.stdout and "greedy tokens" in verified.stdout
     assert "FAIL" not in verified.stdout and "parity checks passed" in verified.stdout
     assert "Loading weights" not in exported.stderr + verified.stderr  # library progress bars stay quiet
+    sample = Path(__file__).resolve().parents[1] / "runtime" / "samples" / "red-house.png"
+    generated = run_cli("generate", out, "--prompt", "Describe the image.", "--image", sample,
+                        "--max-new-tokens", "24", "--greedy", check=True)
+    assert generated.stdout.strip() or generated.stdout.count("\n") >= 1
 
 
 def test_decoder_only_export_keeps_the_earlier_vision_graph(vision_export, tiny_dir, tmp_path):
