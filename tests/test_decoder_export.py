@@ -28,13 +28,6 @@ def hf_model(tiny_dir):
 
 
 @pytest.fixture(scope="module")
-def fp32_export(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp32") / "out"
-    export_model(tiny_dir, out, component="decoder", quant=QuantOptions(mode="fp32"))
-    return out
-
-
-@pytest.fixture(scope="module")
 def int4_export(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("int4") / "out"
     export_model(tiny_dir, out, component="decoder")  # defaults: int4, block 32, accuracy_level 1, lm_head too

@@ -7,25 +7,21 @@ penalty keeps the random tiny model from repeating one token (plain greedy is ch
 """
 import inspect
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.pipeline import export_model
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
+from conftest import write_random_video
 
 NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e") / "out"
-    export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
-    return Pipeline(out)
+def pipeline(fp32_export):
+    return Pipeline(fp32_export)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +32,7 @@ def media(tmp_path_factory):
     for name, (h, w) in {"wide": (280, 460), "tall": (400, 260)}.items():
         paths[name] = folder / f"{name}.png"
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[name])
-    paths["video"] = folder / "clip.mp4"
-    with av.open(str(paths["video"]), "w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
-        for _ in range(16):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (128, 160, 3), dtype=np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    paths["video"] = write_random_video(folder / "clip.mp4", frames=16, height=128, width=160, fps=8, seed=12)
     return paths
 
 

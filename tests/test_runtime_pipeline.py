@@ -5,20 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
-from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.pipeline import export_model
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig, apply_repetition_penalty, next_token
-
-
-@pytest.fixture(scope="module")
-def fp32_pipeline_dir(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipe") / "out"
-    export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +43,8 @@ def _hf_inputs(tiny_dir, prompt, image_paths):
     return ids, pixels
 
 
-def test_prompt_pixels_and_positions_match_transformers(fp32_pipeline_dir, tiny_dir, images):
-    pipe = Pipeline(fp32_pipeline_dir)
+def test_prompt_pixels_and_positions_match_transformers(fp32_export, tiny_dir, images):
+    pipe = Pipeline(fp32_export)
     prepared = pipe.prepare("What differs between them?", images=images)
     ids, pixels = _hf_inputs(tiny_dir, "What differs between them?", images)
     assert prepared.input_ids.tolist() == ids[0].tolist()
@@ -63,11 +53,11 @@ def test_prompt_pixels_and_positions_match_transformers(fp32_pipeline_dir, tiny_
     assert np.abs(prepared.pixel_values - pixels["pixel_values"]).max() <= 1e-6
 
 
-def test_greedy_generation_matches_transformers_generate(fp32_pipeline_dir, tiny_dir, images):
+def test_greedy_generation_matches_transformers_generate(fp32_export, tiny_dir, images):
     """Greedy with a repetition penalty (so the tiny model does not repeat one token) vs model.generate."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    pipe = Pipeline(fp32_pipeline_dir)
+    pipe = Pipeline(fp32_export)
     config = SamplingConfig(do_sample=False, repetition_penalty=8.0, eos_token_ids=pipe.sampling.eos_token_ids)
     ours = pipe.generate("Describe both images.", images=images, max_new_tokens=16, sampling=config)
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_dir).eval()
@@ -83,11 +73,11 @@ def test_greedy_generation_matches_transformers_generate(fp32_pipeline_dir, tiny
     assert len(set(reference)) > 1
 
 
-def test_cli_generate_json(fp32_pipeline_dir, images):
+def test_cli_generate_json(fp32_export, images):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "qvl_compile.cli", "generate", str(fp32_pipeline_dir),
+    result = subprocess.run([sys.executable, "-m", "qvl_compile.cli", "generate", str(fp32_export),
                              "--prompt", "Hi", "--image", str(images[0]), "--max-new-tokens", "5", "--greedy",
                              "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -128,8 +118,8 @@ def test_filters_match_transformers_warpers(temperature, top_k, top_p, penalty):
     assert np.allclose(ours[kept], ref.numpy()[kept], rtol=1e-5, atol=1e-5)
 
 
-def test_empty_prompt_without_media_is_refused(fp32_pipeline_dir):
+def test_empty_prompt_without_media_is_refused(fp32_export):
     from qvl_compile.errors import QvlError
 
     with pytest.raises(QvlError, match="nothing to answer"):
-        Pipeline(fp32_pipeline_dir).generate("  ")
+        Pipeline(fp32_export).generate("  ")

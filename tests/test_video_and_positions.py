@@ -7,35 +7,22 @@ path of a video prompt is compared with transformers' own generate().
 """
 import inspect
 
-import av
 import numpy as np
 import pytest
 import torch
 
-from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.pipeline import export_model
 from qvl_compile.golden.decoder_reference import build_prompt, run_reference
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.sampling import SamplingConfig
 from qvl_compile.runtime.video import VideoProcessorConfig, preprocess_video, read_video
+from conftest import write_random_video
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """3 s at 10 fps, 96x128, frames that differ from each other."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        rng = np.random.default_rng(0)
-        for _ in range(30):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_random_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames=30, height=96, width=128, fps=10)
 
 
 def test_sampling_grouping_and_timestamps(clip, tiny_dir):
@@ -89,10 +76,8 @@ def test_mrope_positions_equal_transformers(hf_model, parts):
     assert delta == int(ours.max()) + 1 - ours.shape[1]
 
 
-def test_video_prompt_generates_as_transformers(clip, tiny_dir, hf_model, tmp_path):
-    out = tmp_path / "out"
-    export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
-    pipe = Pipeline(out)
+def test_video_prompt_generates_as_transformers(clip, hf_model, fp32_export):
+    pipe = Pipeline(fp32_export)
     prepared = pipe.prepare("What happens?", video=clip)
     text = pipe.tokenizer.decode(prepared.input_ids.tolist(), skip_special_tokens=False)
     assert "<0.3 seconds><|vision_start|>" in text and "<2.6 seconds><|vision_start|>" in text
