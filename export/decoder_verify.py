@@ -56,7 +56,7 @@ class DecoderParity:
                 "tolerance": self.tolerance}
 
 
-def _visual_inputs(stack) -> tuple[np.ndarray | None, np.ndarray | None]:
+def visual_inputs(stack) -> tuple[np.ndarray | None, np.ndarray | None]:
     """What transformers placed at the visual positions ([V, H], prompt order) and its DeepStack ([D, V, H])."""
     if stack.visual_mask is None:
         return None, None
@@ -74,7 +74,7 @@ def decoder_parity(decoder: TextDecoder, reference_model, steps: int = 16, toler
     prompt = build_prompt(reference_model.config, list(parts), seed=seed)
     ref_prefill, calls = run_reference(reference_model, prompt, [])
     stack = calls[0]
-    visual, deepstack = _visual_inputs(stack)
+    visual, deepstack = visual_inputs(stack)
     if zero_deepstack and deepstack is not None:
         deepstack = np.zeros_like(deepstack)
     seq = prompt.input_ids.shape[1]
@@ -172,7 +172,7 @@ def next_token_agreement(decoder: TextDecoder, reference_model, seed: int = 0) -
     stack = calls[0]
     seq = prompt.input_ids.shape[1]
     logits, _ = decoder.forward(prompt.input_ids.numpy(), stack.position_ids.numpy(), decoder.empty_cache(),
-                                *_visual_inputs(stack), logit_positions=np.arange(seq))
+                                *visual_inputs(stack), logit_positions=np.arange(seq))
     agree = int((logits[0].argmax(-1) == ref[0][0].numpy().argmax(-1)).sum())
     return agree, seq
 

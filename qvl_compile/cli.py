@@ -170,6 +170,30 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
 
 
 @main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["vision", "positions", "decoder", "preprocess",
+                                                                    "generate"]),
+              help="Only these case kinds (repeatable; default: all).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a golden folder.")
+@handle_errors
+def golden(out_dir: Path, kinds: tuple[str, ...], force: bool) -> None:
+    """Write the tiny model's PyTorch goldens (the repository's copy lives in golden/data).
+
+    Rebuilds the tiny checkpoint from its seed, exports it, and records transformers' outputs with the
+    inputs, versions and tolerances of every case.
+    """
+    from qvl_compile.golden.generate import ALL_KINDS, generate_goldens
+
+    quiet_libraries()
+    start = time.perf_counter()
+    index = generate_goldens(out_dir, kinds=kinds or ALL_KINDS, force=force)
+    for kind, reason in index["generator"]["skipped"].items():
+        click.echo(f"skipped {kind}: {reason}", err=True)
+    click.echo(f"wrote {len(index['cases'])} golden cases and {len(index['graphs'])} graph summaries to {out_dir} "
+               f"in {time.perf_counter() - start:.1f} s")
+
+
+@main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True, help="The user's message.")
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help="An image file (repeatable).")

@@ -1,12 +1,44 @@
-"""Shared fixtures: the embedded tiny model and one vision export of it, built once per session."""
+"""Shared fixtures: the embedded tiny model and its exports, built once per session.
+
+Without torch installed (CI's torch-free stage) only the modules marked `pytestmark = pytest.mark.torch_free`
+are collected; they read the committed goldens and exports built elsewhere (QVL_GOLDEN_EXPORTS).
+"""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+TORCH_FREE_MARK = "pytestmark = pytest.mark.torch_free"
+_ignored: list[str] = []
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Without torch, skip collecting every test module that is not marked torch-free."""
+    if HAS_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if TORCH_FREE_MARK in collection_path.read_text():
+        return None
+    _ignored.append(collection_path.name)
+    return True
+
+
+def pytest_report_header(config):
+    if HAS_TORCH:
+        return "torch installed: every tier-selected module runs"
+    return "torch NOT installed: only modules marked torch_free are collected (the torch-free stage)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _ignored:
+        terminalreporter.write_line(f"torch-free environment: {len(_ignored)} modules needing torch were not collected: "
+                                    + ", ".join(sorted(_ignored)))
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +73,39 @@ def fp32_export(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32") / "out"
     export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
     return out
+
+
+@pytest.fixture(scope="session")
+def int4_export(tiny_dir, tmp_path_factory):
+    """The INT4 decoder of the tiny model with the export defaults (block 32, accuracy_level 1, lm_head too)."""
+    from qvl_compile.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("int4") / "out"
+    export_model(tiny_dir, out, component="decoder")
+    return out
+
+
+@pytest.fixture(scope="session")
+def golden_exports(request) -> dict[str, Path]:
+    """{"fp32": vision + fp32 decoder export, "int4": INT4 decoder export} of the tiny model.
+
+    From QVL_GOLDEN_EXPORTS (a folder with fp32/ and int4/, as .ci/run builds it) when set, else
+    exported here (needs torch).
+    """
+    root = os.environ.get("QVL_GOLDEN_EXPORTS")
+    if root:
+        folders = {name: Path(root) / name for name in ("fp32", "int4")}
+        missing = [str(f / "manifest.json") for f in folders.values() if not (f / "manifest.json").is_file()]
+        if missing:
+            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected exports with {', '.join(missing)}")
+        return folders
+    if not HAS_TORCH:
+        message = ("no exports to test: set QVL_GOLDEN_EXPORTS to a folder holding fp32/ and int4/ exports of the "
+                   "tiny model (built with torch; see .ci/run)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {"fp32": request.getfixturevalue("fp32_export"), "int4": request.getfixturevalue("int4_export")}
 
 
 def write_random_video(path, frames: int, height: int, width: int, fps: int, seed: int = 0):

@@ -27,13 +27,6 @@ def hf_model(tiny_dir):
     return load_full_model(tiny_dir)
 
 
-@pytest.fixture(scope="module")
-def int4_export(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("int4") / "out"
-    export_model(tiny_dir, out, component="decoder")  # defaults: int4, block 32, accuracy_level 1, lm_head too
-    return out
-
-
 def test_fp32_decoder_matches_transformers(fp32_export, hf_model):
     parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, steps=STEPS, seed=21, parts=TEST_PROMPT)
     assert len(parity.steps_max_rel) == STEPS
