@@ -1,6 +1,6 @@
 """Decoder speed, side by side in one run: our ONNX decoder, onnxruntime-genai's builder output, PyTorch eager.
 
-    python bench/decoder_speed.py --ours OUT_DIR [--ours-level 4] [--genai GENAI_DIR] [--torch MODEL_DIR]
+    python bench/decoder_speed.py --ours OUT_DIR [--ours-level 4] [--compare-copy] [--genai GENAI_DIR] [--torch MODEL_DIR]
         [--context 512] [--decode-tokens 32] [--prefill 1000] [--repeats 3] [--threads 2]
 
 Workloads (text tokens; random ids, the speed of a decoder does not depend on them):
@@ -21,7 +21,7 @@ import numpy as np
 
 
 class Ours:
-    def __init__(self, export_dir: Path, threads: int, accuracy_level: int | None, workdir: Path):
+    def __init__(self, export_dir: Path, threads: int, accuracy_level: int | None, workdir: Path, in_place: bool = True):
         from qvl_compile.runtime.decoder import TextDecoder
 
         decoder = TextDecoder.from_export(export_dir)
@@ -36,7 +36,9 @@ class Ours:
         else:
             decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads)
         self.decoder = decoder
-        self.name = f"ours INT4 (accuracy_level {accuracy_level or 'as exported'})"
+        self.in_place = in_place
+        cache = "KV cache in place" if in_place else "KV cache copied per step"
+        self.name = f"ours INT4 (accuracy_level {accuracy_level or 'as exported'}, {cache})"
 
     def _positions(self, start: int, count: int) -> np.ndarray:
         return np.broadcast_to(np.arange(start, start + count), (3, 1, count)).copy()
@@ -47,7 +49,8 @@ class Ours:
         return time.perf_counter() - start
 
     def decode(self, ids: np.ndarray, steps: int) -> float:
-        logits, cache = self.decoder.forward(ids[None], self._positions(0, len(ids)), self.decoder.empty_cache())
+        cache = self.decoder.empty_cache(capacity=len(ids) + steps) if self.in_place else self.decoder.empty_cache()
+        logits, cache = self.decoder.forward(ids[None], self._positions(0, len(ids)), cache)
         token = int(logits[0, -1].argmax())
         start = time.perf_counter()
         for step in range(steps):
@@ -119,48 +122,81 @@ def summarize(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def plot(decode: dict, contexts: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, per_context in decode.items():
+        ax.plot(contexts, [statistics.median(per_context[c]) for c in contexts], marker="o", label=name)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode tokens/s (median)")
+    ax.set_title("Qwen3-VL-2B text decoder, INT4, 2 threads")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", type=Path, required=True)
     parser.add_argument("--ours-level", type=int, action="append", default=[],
                         help="also run our graph at this MatMulNBits accuracy_level (repeatable)")
+    parser.add_argument("--compare-copy", action="store_true",
+                        help="also run our graph with a cache copied per step (no IO binding)")
     parser.add_argument("--genai", type=Path)
     parser.add_argument("--torch", type=Path, help="checkpoint folder for PyTorch eager")
-    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--context", type=int, nargs="+", default=[512], help="decode context lengths")
     parser.add_argument("--decode-tokens", type=int, default=32)
-    parser.add_argument("--prefill", type=int, default=1000)
+    parser.add_argument("--prefill", type=int, default=1000, help="prefill length (0: skip the prefill workload)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", type=Path, help="PNG of decode tokens/s against context length")
     args = parser.parse_args()
 
     competitors = [Ours(args.ours, args.threads, None, args.ours)]
+    if args.compare_copy:
+        competitors.append(Ours(args.ours, args.threads, None, args.ours, in_place=False))
     competitors += [Ours(args.ours, args.threads, level, args.ours) for level in args.ours_level]
     if args.genai:
-        competitors.append(Genai(args.genai, args.threads, max(args.prefill, args.context + args.decode_tokens) + 8))
+        longest = max(args.prefill, max(args.context) + args.decode_tokens) + 8
+        competitors.append(Genai(args.genai, args.threads, longest))
     if args.torch:
         competitors.append(Torch(args.torch, args.threads))
     vocab = competitors[0].decoder.facts.vocab_size
     rng = np.random.default_rng(0)
     prefill_ids = rng.integers(0, min(vocab, 151000), args.prefill)
-    context_ids = rng.integers(0, min(vocab, 151000), args.context)
+    context_ids = {c: rng.integers(0, min(vocab, 151000), c) for c in args.context}
 
     prefill = {c.name: [] for c in competitors}
-    decode = {c.name: [] for c in competitors}
+    decode = {c.name: {n: [] for n in args.context} for c in competitors}
     for repeat in range(args.repeats):  # interleaved: every competitor once per round
         for c in competitors:
-            prefill[c.name].append(c.prefill(prefill_ids))
-            gc.collect()
-            decode[c.name].append(c.decode(context_ids, args.decode_tokens))
-            gc.collect()
-            print(f"round {repeat + 1}: {c.name}: prefill {prefill[c.name][-1]:.2f} s, "
-                  f"decode {decode[c.name][-1]:.2f} tokens/s", file=sys.stderr, flush=True)
+            if args.prefill:
+                prefill[c.name].append(c.prefill(prefill_ids))
+                gc.collect()
+            for n in args.context:
+                decode[c.name][n].append(c.decode(context_ids[n], args.decode_tokens))
+                gc.collect()
+            print(f"round {repeat + 1}: {c.name}: prefill {prefill[c.name][-1] if args.prefill else 0:.2f} s, decode "
+                  + ", ".join(f"{decode[c.name][n][-1]:.2f}" for n in args.context) + " tokens/s",
+                  file=sys.stderr, flush=True)
 
-    print(f"| runner | prefill {args.prefill} tokens (s) | decode at {args.context} context (tokens/s) |")
-    print("|---|---|---|")
+    head = ([f"prefill {args.prefill} tokens (s)"] if args.prefill else []) + \
+        [f"decode at {n} context (tokens/s)" for n in args.context]
+    print("| runner | " + " | ".join(head) + " |")
+    print("|---" * (len(head) + 1) + "|")
     for c in competitors:
-        print(f"| {c.name} | {summarize(prefill[c.name], '{:.2f}')} | {summarize(decode[c.name], '{:.2f}')} |")
+        cells = ([summarize(prefill[c.name], "{:.2f}")] if args.prefill else []) + \
+            [summarize(decode[c.name][n], "{:.2f}") for n in args.context]
+        print(f"| {c.name} | " + " | ".join(cells) + " |")
     print(f"\nmedian (min-max) of {args.repeats} interleaved rounds, {args.threads} threads, "
           f"{args.decode_tokens} greedy decode steps")
+    if args.plot:
+        plot(decode, args.context, args.plot)
 
 
 if __name__ == "__main__":

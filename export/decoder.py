@@ -62,7 +62,8 @@ def _example_inputs(config: ModelConfig, num_deepstack: int):
     deepstack = torch.randn(num_deepstack, 4, text.hidden_size)
     logit_positions = torch.tensor([4, 5])
     past = [torch.randn(2, text.num_key_value_heads, 3, text.head_dim) for _ in range(text.num_hidden_layers)]
-    return input_ids, position_ids, visual, deepstack, logit_positions, past, [p.clone() for p in past]
+    attention_mask = torch.ones(2, 3 + 6, dtype=torch.int64)  # [B, valid past + S]
+    return input_ids, position_ids, visual, deepstack, logit_positions, attention_mask, past, [p.clone() for p in past]
 
 
 def _quantize(fp32_path: Path, out_path: Path, options: QuantOptions, external: bool) -> dict[str, int]:
@@ -107,11 +108,11 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
     args = _example_inputs(config, num_deepstack)
     layers = config.text.num_hidden_layers
     with stages.run("capture (torch.export)"):
-        batch, seq, past = (torch.export.Dim(n, min=1) for n in ("batch", "seq", "past"))
+        batch, seq, past, total = (torch.export.Dim(n, min=1) for n in ("batch", "seq", "past", "total"))
         visual, logits_n = torch.export.Dim("num_visual", min=1), torch.export.Dim("num_logits", min=1)
         cache = {0: batch, 2: past}
         dynamic = ({0: batch, 1: seq}, {1: batch, 2: seq}, {0: visual}, {1: visual}, {0: logits_n},
-                   [cache] * layers, [cache] * layers)
+                   {0: batch, 1: total}, [cache] * layers, [cache] * layers)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.export(decoder, args, dynamic_shapes=dynamic, strict=False)
@@ -125,15 +126,15 @@ def export_decoder(model_dir: Path, work_dir: Path, options: QuantOptions) -> di
         onnx_program = torch.onnx.export(
             program, args,
             input_names=["input_ids", "position_ids", "visual_embeds", "deepstack_embeds", "logit_positions",
-                         *past_k, *past_v],
+                         "attention_mask", *past_k, *past_v],
             output_names=["logits", *present_k, *present_v],
             opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
             custom_translation_table={torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx},
         )
         cache_dims = ["batch", None, "past_seq", None]
-        present_dims = ["batch", None, "total_seq", None]
+        present_dims = ["batch", None, "present_seq", None]  # max(past_seq, total_seq)
         name_dims(onnx_program.model, {
-            "input_ids": ["batch", "seq"], "position_ids": [None, "batch", "seq"],
+            "input_ids": ["batch", "seq"], "position_ids": [None, "batch", "seq"], "attention_mask": ["batch", "total_seq"],
             "visual_embeds": ["num_visual", None], "deepstack_embeds": [None, "num_visual", None],
             "logit_positions": ["num_logits"], "logits": ["batch", "num_logits", None],
             **{n: cache_dims for n in past_k + past_v}, **{n: present_dims for n in present_k + present_v}})

@@ -45,12 +45,16 @@ def frame_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, grid_thw: INT64
 
 @onnxscript.script(default_opset=op)
 def cached_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, past_key: FLOAT, past_value: FLOAT,
-                          num_heads: int, kv_heads: int) -> tuple[FLOAT, FLOAT, FLOAT]:
-    """`qvl_compile::cached_attention` as onnxruntime's GroupQueryAttention (causal, no rotary inside)."""
-    total = op.Add(op.Shape(past_key, start=2, end=3), op.Shape(query, start=1, end=2))  # [1] = P + S
-    batch = op.Shape(query, start=0, end=1)  # [1]
-    seqlens_k = op.Cast(op.Expand(op.Sub(total, op.Constant(value_ints=[1])), batch), to=6)  # [B] int32: P+S-1
-    total_length = op.Cast(op.Squeeze(total, op.Constant(value_ints=[0])), to=6)  # scalar int32
+                          attention_mask: INT64, num_heads: int, kv_heads: int) -> tuple[FLOAT, FLOAT, FLOAT]:
+    """`qvl_compile::cached_attention` as onnxruntime's GroupQueryAttention (causal, no rotary inside).
+
+    seqlens_k = mask row sums - 1, total_sequence_length = mask length: the past may be a larger
+    preallocated buffer, which GroupQueryAttention fills in place when present is bound to it.
+    """
+    mask = op.Cast(attention_mask, to=7)
+    seqlens_k = op.Cast(op.Sub(op.ReduceSum(mask, op.Constant(value_ints=[1]), keepdims=0),
+                               op.Constant(value_int=1)), to=6)  # [B] int32
+    total_length = op.Cast(op.Squeeze(op.Shape(mask, start=1, end=2), op.Constant(value_ints=[0])), to=6)
     out, present_key, present_value = msft.GroupQueryAttention(
         query, key, value, past_key, past_value, seqlens_k, total_length, num_heads=num_heads, kv_num_heads=kv_heads)
     return out, present_key, present_value

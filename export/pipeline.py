@@ -14,6 +14,7 @@ from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.decoder_options import QuantOptions
+from qvl_compile.export.vision_quant import VisionQuantOptions
 from qvl_compile.golden.reference import weight_files
 from qvl_compile.manifest import FORMAT, MANIFEST_NAME, file_record, read_manifest, write_manifest
 
@@ -67,13 +68,16 @@ def _max_positions(model_dir: Path) -> int:
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "all",
-                 quant: QuantOptions | None = None, force: bool = False) -> dict[str, Any]:
+                 quant: QuantOptions | None = None, force: bool = False,
+                 vision_quant: VisionQuantOptions | None = None) -> dict[str, Any]:
     """Export `component` of a checkpoint; an earlier export's other component is kept if same source."""
     from qvl_compile.export.decoder import export_decoder
     from qvl_compile.export.vision import export_vision
 
     quant = quant or QuantOptions()
     quant.validate()
+    vision_quant = vision_quant or VisionQuantOptions()
+    vision_quant.validate()
     if component not in COMPONENTS:
         raise QvlError(f"--component: expected one of {', '.join(COMPONENTS)}, got {component!r}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -83,7 +87,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
     with atomic_output_dir(out_dir, force=force, marker=MANIFEST_NAME) as work_dir:
         artifacts = _carry_over(out_dir, work_dir, source, keep=set(("vision", "decoder")) - set(wanted))
         if "vision" in wanted:
-            artifacts["vision"] = export_vision(model_dir, work_dir)
+            artifacts["vision"] = export_vision(model_dir, work_dir, vision_quant)
         if "decoder" in wanted:
             artifacts["decoder"] = export_decoder(model_dir, work_dir, quant)
         assets = [name for name in RUNTIME_ASSETS if (model_dir / name).is_file()]
@@ -98,7 +102,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
                       "vision_start_token_id": config.vision_start_token_id,
                       "vision_end_token_id": config.vision_end_token_id},
             "versions": _versions(),
-            "options": {"component": component, "quant": dataclasses.asdict(quant)},
+            "options": {"component": component, "quant": dataclasses.asdict(quant),
+                        "vision_quant": dataclasses.asdict(vision_quant)},
             "artifacts": artifacts,
             "assets": [file_record(work_dir, name) for name in assets],
         }

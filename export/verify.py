@@ -27,29 +27,39 @@ class ParityRow:
     max_abs: float
     max_rel: float  # max abs error / max |reference|: error relative to the output's scale
     tolerance: float
+    cosine: float = float("nan")  # cosine similarity with the reference (checked when min_cosine is set)
+    min_cosine: float | None = None
 
     @property
     def passed(self) -> bool:
+        if self.min_cosine is not None and not self.cosine >= self.min_cosine:
+            return False
         return bool(np.isfinite(self.max_rel)) and self.max_rel <= self.tolerance
 
 
-def compare(name: str, grid, output: str, got: np.ndarray, ref: np.ndarray, tolerance: float) -> ParityRow:
+def compare(name: str, grid, output: str, got: np.ndarray, ref: np.ndarray, tolerance: float,
+            min_cosine: float | None = None) -> ParityRow:
     if got.shape != ref.shape:
-        return ParityRow(name, grid, f"{output} shape {list(got.shape)} != {list(ref.shape)}", np.inf, np.inf, tolerance)
-    err = float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max())
+        return ParityRow(name, grid, f"{output} shape {list(got.shape)} != {list(ref.shape)}", np.inf, np.inf,
+                         tolerance, 0.0, min_cosine)
+    got64, ref64 = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    err = float(np.abs(got64 - ref64).max())
     scale = float(np.abs(ref).max()) or 1.0
-    return ParityRow(name, grid, output, err, err / scale, tolerance)
+    cosine = float(got64 @ ref64 / ((np.linalg.norm(got64) * np.linalg.norm(ref64)) or 1.0))
+    return ParityRow(name, grid, output, err, err / scale, tolerance, cosine, min_cosine)
 
 
 def vision_parity(encoder: VisionEncoder, reference: torch.nn.Module, grids: dict, seed: int = 1,
-                  tolerance: float = FP32_TOLERANCE, grid_dtype=np.int64) -> list[ParityRow]:
+                  tolerance: float = FP32_TOLERANCE, grid_dtype=np.int64,
+                  min_cosine: float | None = None) -> list[ParityRow]:
     rows = []
     for offset, (name, grid) in enumerate(grids.items()):
         pixels = random_pixels(grid, encoder.patch_dim, seed + offset)
         got = encoder(pixels, np.asarray(grid, dtype=grid_dtype))
         ref_embeds, ref_deepstack = reference_vision(reference, torch.from_numpy(pixels), torch.tensor(grid))
-        rows.append(compare(name, grid, "image_embeds", got.image_embeds, ref_embeds.numpy(), tolerance))
-        rows.append(compare(name, grid, "deepstack_embeds", got.deepstack_embeds, ref_deepstack.numpy(), tolerance))
+        rows.append(compare(name, grid, "image_embeds", got.image_embeds, ref_embeds.numpy(), tolerance, min_cosine))
+        rows.append(compare(name, grid, "deepstack_embeds", got.deepstack_embeds, ref_deepstack.numpy(), tolerance,
+                            min_cosine))
         log.info("%s: %s", name, "pass" if rows[-1].passed and rows[-2].passed else "FAIL")
     return rows
 
@@ -97,6 +107,15 @@ def decoder_rows(export_dir: Path, model_dir: Path, seed: int) -> list[ParityRow
 ACCURACY_LEVEL_4_TOLERANCE = 5e-2
 
 
+def vision_criteria(artifact: dict) -> tuple[float, float | None]:
+    """(max rel tolerance, minimum cosine or None) for a vision artifact: fp32, or int8 weights."""
+    from qvl_compile.export.vision_quant import INT8_TOLERANCE, MIN_COSINE
+
+    if artifact.get("quant", {}).get("mode") == "int8":
+        return INT8_TOLERANCE, MIN_COSINE
+    return FP32_TOLERANCE, None
+
+
 def verify_export(export_dir: str | Path, model_dir: str | Path, grids: dict | None = None, seed: int = 1) -> list[ParityRow]:
     from qvl_compile.manifest import read_manifest
 
@@ -105,7 +124,9 @@ def verify_export(export_dir: str | Path, model_dir: str | Path, grids: dict | N
     rows: list[ParityRow] = []
     if "vision" in artifacts:
         encoder = VisionEncoder.from_export(export_dir, verify_hashes=True)
-        rows += vision_parity(encoder, load_vision_model(model_dir), grids or GRID_MATRIX, seed=seed)
+        tolerance, min_cosine = vision_criteria(artifacts["vision"])
+        rows += vision_parity(encoder, load_vision_model(model_dir), grids or GRID_MATRIX, seed=seed,
+                              tolerance=tolerance, min_cosine=min_cosine)
     if "decoder" in artifacts:
         rows += decoder_rows(export_dir, model_dir, seed)
     return rows

@@ -20,6 +20,7 @@ from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX, random_pixels
 from qvl_compile.export.onnx_functions import OPSET, frame_attention_onnx
 from qvl_compile.export.stages import Stages
 from qvl_compile.export.verify import FP32_TOLERANCE, vision_parity
+from qvl_compile.export.vision_quant import INT8_TOLERANCE, MIN_COSINE, VisionQuantOptions, quantize_vision
 from qvl_compile.golden.reference import load_vision_model
 from qvl_compile.manifest import file_record
 from qvl_compile.rewrite.vision import RewrittenVisionTower
@@ -41,6 +42,7 @@ STAGES = [
     "check (onnx.checker, onnxruntime load)",
     "verify against eager PyTorch at other grids",
 ]
+INT8_STAGES = ["quantize to int8 (onnxruntime dynamic quantization)", "verify int8 against eager PyTorch"]
 
 
 def io_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
@@ -52,9 +54,22 @@ def io_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [describe(v) for v in model.graph.input], "outputs": [describe(v) for v in model.graph.output]}
 
 
-def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
+def _raise_on_failure(rows) -> None:
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        worst = max(failed, key=lambda r: r.max_rel)
+        cosine = f", cosine {worst.cosine:.5f} (min {worst.min_cosine})" if worst.min_cosine is not None else ""
+        raise QvlError(
+            f"parity failure at grid {worst.name} {list(worst.grid)} on {worst.output}: "
+            f"max rel error {worst.max_rel:.2e} (tolerance {worst.tolerance:.0e}){cosine}"
+        )
+
+
+def export_vision(model_dir: Path, work_dir: Path, quant: VisionQuantOptions | None = None) -> dict[str, Any]:
     """Write `vision.onnx` (and its external data) into `work_dir`; return its manifest entry."""
-    stages = Stages(STAGES)
+    quant = quant or VisionQuantOptions()
+    quant.validate()
+    stages = Stages(STAGES + (INT8_STAGES if quant.mode == "int8" else []))
     with stages.run("load checkpoint"):
         config = ModelConfig.from_dir(model_dir).vision
         hf_visual = load_vision_model(model_dir)
@@ -100,13 +115,26 @@ def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
 
     with stages.run("verify against eager PyTorch at other grids"):
         rows = vision_parity(encoder, hf_visual, EXPORT_CHECK_GRIDS, seed=100)
-        failed = [r for r in rows if not r.passed]
-        if failed:
-            worst = max(failed, key=lambda r: r.max_rel)
-            raise QvlError(
-                f"parity failure at grid {worst.name} {list(worst.grid)} on {worst.output}: "
-                f"max rel error {worst.max_rel:.2e} > {worst.tolerance:.0e}"
-            )
+        _raise_on_failure(rows)
+    tolerance, op_counts = FP32_TOLERANCE, None
+    if quant.mode == "int8":
+        fp32_files = [p for p in work_dir.iterdir() if p.name == VISION_FILE or p.name.startswith(VISION_FILE + ".")]
+        with stages.run("quantize to int8 (onnxruntime dynamic quantization)"):
+            staged = work_dir / "vision.fp32-staging"
+            staged.mkdir()
+            for file in fp32_files:
+                file.rename(staged / file.name)
+            del encoder
+            op_counts = quantize_vision(staged / VISION_FILE, path)
+            for file in staged.iterdir():
+                file.unlink()
+            staged.rmdir()
+        with stages.run("verify int8 against eager PyTorch"):
+            encoder = VisionEncoder(path, config.patch_dim, config.spatial_merge_size)
+            rows = vision_parity(encoder, hf_visual, EXPORT_CHECK_GRIDS, seed=100, tolerance=INT8_TOLERANCE,
+                                 min_cosine=MIN_COSINE)
+            _raise_on_failure(rows)
+        tolerance = INT8_TOLERANCE
 
     model = onnx.load(str(path), load_external_data=False)
     files = [VISION_FILE] + sorted(p.name for p in work_dir.iterdir() if p.name.startswith(VISION_FILE + "."))
@@ -118,13 +146,15 @@ def export_vision(model_dir: Path, work_dir: Path) -> dict[str, Any]:
         "spatial_merge_size": config.spatial_merge_size,
         "out_hidden_size": config.out_hidden_size,
         "num_deepstack": len(config.deepstack_visual_indexes),
-        "dtype": "float32",
+        "dtype": "float32",  # inputs and outputs; quant.mode says how the weights are stored
+        "quant": quant.describe() | ({"op_counts": op_counts} if op_counts else {}),
         "export_grid": [list(g) for g in EXPORT_GRID],
         "export_check": {
-            r.name + " / " + r.output: {"grid": [list(g) for g in r.grid], "max_abs": r.max_abs, "max_rel": r.max_rel}
+            r.name + " / " + r.output: {"grid": [list(g) for g in r.grid], "max_abs": r.max_abs, "max_rel": r.max_rel,
+                                        "cosine": r.cosine}
             for r in rows
         },
-        "tolerance": FP32_TOLERANCE,
+        "tolerance": tolerance,
         "stage_seconds": stages.seconds,
     }
 

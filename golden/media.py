@@ -68,7 +68,8 @@ def write_video(path: Path) -> None:
     import av
 
     frames = video_frames()
-    with av.open(str(path), "w") as container:
+    # bitexact: no random segment UID or encoder version string, so a rewrite gives identical bytes.
+    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("ffv1", rate=VIDEO_FPS)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "bgr0"  # RGB stored losslessly: decoding gives back the frames exactly

@@ -7,7 +7,9 @@
   * DeepStack: `deepstack_embeds[i]` added at the visual positions after decoder layer i;
   * interleaved multimodal RoPE from 3-row position ids `[3, B, S]` (`mrope_section`,
     `mrope_interleaved` from the config);
-  * grouped-query attention over `past + current` keys, returning the grown cache;
+  * grouped-query attention over the valid past and the current keys, returning the grown cache;
+    `attention_mask [B, T]` (ones) gives T = valid past + S, so the past may be a preallocated buffer
+    that onnxruntime fills in place;
   * q/k RMSNorm, tied or untied lm_head; logits only at `logit_positions` (shape-driven, so a prefill
     can ask for the last position only).
 
@@ -76,7 +78,7 @@ class RewrittenDecoderLayer(nn.Module):
         self.act = mlp.act_fn
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
 
-    def forward(self, x, cos, sin, past_key, past_value):
+    def forward(self, x, cos, sin, past_key, past_value, attention_mask):
         batch, seq, _ = x.shape
         h = self.input_layernorm(x)
         q = self.q_norm(self.q_proj(h).view(batch, seq, self.heads, self.head_dim))  # [B, S, heads, hd]
@@ -85,8 +87,8 @@ class RewrittenDecoderLayer(nn.Module):
         k = k * cos + _rotate_half(k) * sin
         attn, key, value = cached_attention(
             q.reshape(batch, seq, self.heads * self.head_dim), k.reshape(batch, seq, self.kv_heads * self.head_dim),
-            self.v_proj(h), past_key, past_value, self.heads, self.kv_heads,
-        )  # [B, S, heads*hd], present [B, kv, P+S, hd] x2
+            self.v_proj(h), past_key, past_value, attention_mask, self.heads, self.kv_heads,
+        )  # [B, S, heads*hd], present [B, kv, max(P, T), hd] x2
         x = x + self.o_proj(attn)
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(self.act(self.gate_proj(h)) * self.up_proj(h))
@@ -121,7 +123,8 @@ class RewrittenTextDecoder(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # [B, S, hd]
         return (emb.cos() * self.attention_scaling)[:, :, None], (emb.sin() * self.attention_scaling)[:, :, None]
 
-    def forward(self, input_ids, position_ids, visual_embeds, deepstack_embeds, logit_positions, past_keys, past_values):
+    def forward(self, input_ids, position_ids, visual_embeds, deepstack_embeds, logit_positions, attention_mask,
+                past_keys, past_values):
         batch, seq = input_ids.shape
         x = self.embed_tokens[input_ids]  # [B, S, H]
         visual = ((input_ids == self.image_token_id) | (input_ids == self.video_token_id)).reshape(-1)  # [B*S]
@@ -133,7 +136,7 @@ class RewrittenTextDecoder(nn.Module):
         cos, sin = self.rotary(position_ids)
         presents_k, presents_v = [], []
         for index, layer in enumerate(self.layers):
-            x, key, value = layer(x, cos, sin, past_keys[index], past_values[index])
+            x, key, value = layer(x, cos, sin, past_keys[index], past_values[index], attention_mask)
             presents_k.append(key)
             presents_v.append(value)
             if index < self.num_deepstack:

@@ -1,11 +1,12 @@
 """Run the exported text decoder: prefill and cached steps, KV cache kept as numpy arrays (torch-free)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
@@ -28,12 +29,25 @@ class DecoderFacts:
 
 @dataclass
 class KVCache:
-    keys: list[np.ndarray]  # per layer [B, kv_heads, length, head_dim]
+    """Per layer keys and values [B, kv_heads, rows, head_dim].
+
+    Grown mode (`filled` is None): every step returns new arrays holding exactly the cached rows.
+    In-place mode (`empty_cache(capacity=...)`): preallocated buffers of `capacity` rows, bound as both
+    past input and present output, so GroupQueryAttention writes each step's rows in place and nothing
+    is copied per token; `filled` counts the rows in use and the object is updated by `forward`.
+    """
+    keys: list[np.ndarray]
     values: list[np.ndarray]
+    filled: int | None = None
+    bound: list = field(default_factory=list)  # in-place mode: (key, value) OrtValues sharing the buffers
 
     @property
     def length(self) -> int:
-        return int(self.keys[0].shape[2])
+        return self.filled if self.filled is not None else int(self.keys[0].shape[2])
+
+    @property
+    def capacity(self) -> int | None:
+        return None if self.filled is None else int(self.keys[0].shape[2])
 
 
 class TextDecoder:
@@ -53,11 +67,19 @@ class TextDecoder:
         graph, artifact = load_artifact(export_dir, "decoder", hashes=verify_hashes)
         return cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
 
-    def empty_cache(self, batch: int = 1) -> KVCache:
+    def empty_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:
+        """An empty cache; with `capacity` (rows = prompt + new tokens) one preallocated in-place buffer."""
         f = self.facts
-        shape = (batch, f.num_key_value_heads, 0, f.head_dim)
-        return KVCache([np.zeros(shape, np.float32) for _ in range(f.num_layers)],
-                       [np.zeros(shape, np.float32) for _ in range(f.num_layers)])
+        rows = 0 if capacity is None else int(capacity)
+        if capacity is not None and rows < 1:
+            raise QvlError(f"cache capacity must be at least 1 row, got {capacity}")
+        shape = (batch, f.num_key_value_heads, rows, f.head_dim)
+        keys = [np.zeros(shape, np.float32) for _ in range(f.num_layers)]
+        values = [np.zeros(shape, np.float32) for _ in range(f.num_layers)]
+        if capacity is None:
+            return KVCache(keys, values)
+        bound = [(ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v)) for k, v in zip(keys, values)]
+        return KVCache(keys, values, filled=0, bound=bound)
 
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, cache: KVCache,
                 visual_embeds: np.ndarray | None = None, deepstack_embeds: np.ndarray | None = None,
@@ -86,7 +108,28 @@ class TextDecoder:
             "deepstack_embeds": np.ascontiguousarray(deepstack_embeds, np.float32),
             "logit_positions": np.asarray(logit_positions, np.int64),
         }
+        feeds["attention_mask"] = np.ones((batch, cache.length + seq), np.int64)  # [B, valid past + S]
+        if cache.filled is not None:
+            return self._forward_in_place(feeds, cache, seq), cache
         for (key_name, value_name), key, value in zip(self._past, cache.keys, cache.values):
             feeds[key_name], feeds[value_name] = key, value
         logits, *presents = self.session.run(["logits", *self._present], feeds)
         return logits, KVCache(presents[0::2], presents[1::2])
+
+    def _forward_in_place(self, feeds: dict[str, np.ndarray], cache: KVCache, seq: int) -> np.ndarray:
+        """Bind each layer's buffer as past input and present output: the new rows land in place."""
+        if cache.length + seq > cache.capacity:
+            raise QvlError(f"the KV cache holds {cache.capacity} rows; {cache.length} used + {seq} new do not fit "
+                           "(allocate it with a larger capacity)")
+        binding = self.session.io_binding()
+        binding.bind_output("logits")  # first bound, first in get_outputs()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for (key_name, value_name), (key, value), layer in zip(self._past, cache.bound, range(len(cache.bound))):
+            binding.bind_ortvalue_input(key_name, key)
+            binding.bind_ortvalue_input(value_name, value)
+            binding.bind_ortvalue_output(self._present[2 * layer], key)
+            binding.bind_ortvalue_output(self._present[2 * layer + 1], value)
+        self.session.run_with_iobinding(binding)
+        cache.filled += seq
+        return binding.get_outputs()[0].numpy()

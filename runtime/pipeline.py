@@ -106,8 +106,9 @@ class Pipeline:
             if prepared.pixel_values is not None:
                 out = self.vision(prepared.pixel_values, prepared.grid_thw)
                 visual, deepstack = out.image_embeds, out.deepstack_embeds
+            cache = self.decoder.empty_cache(capacity=seq + max_new_tokens)  # filled in place, no copy per token
             logits, cache = self.decoder.forward(prepared.input_ids[None], prepared.position_ids[:, None],
-                                                 self.decoder.empty_cache(), visual, deepstack)
+                                                 cache, visual, deepstack)
             rng = np.random.default_rng(seed)
             history = list(prepared.input_ids)
             generated: list[int] = []

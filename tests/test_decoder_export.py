@@ -85,13 +85,15 @@ def test_dequantizer_reproduces_the_original_weights(int4_export, hf_model):
 def test_interface_and_counts(int4_export):
     model = onnx.load(str(int4_export / "decoder.onnx"))
     names = [i.name for i in model.graph.input]
-    assert names[:5] == ["input_ids", "position_ids", "visual_embeds", "deepstack_embeds", "logit_positions"]
-    assert names[5:] == [f"past_key_values.{i}.key" for i in range(4)] + [f"past_key_values.{i}.value" for i in range(4)]
+    assert names[:6] == ["input_ids", "position_ids", "visual_embeds", "deepstack_embeds", "logit_positions",
+                         "attention_mask"]
+    assert names[6:] == [f"past_key_values.{i}.key" for i in range(4)] + [f"past_key_values.{i}.value" for i in range(4)]
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(model.graph.input) + list(model.graph.output)}
     assert dims["position_ids"] == [3, "batch", "seq"]
     assert dims["past_key_values.0.key"] == ["batch", 2, "past_seq", 32]
-    assert dims["present.3.value"] == ["batch", 2, "total_seq", 32]
+    assert dims["attention_mask"] == ["batch", "total_seq"]
+    assert dims["present.3.value"] == ["batch", 2, "present_seq", 32]
     assert dims["logits"] == ["batch", "num_logits", 832]
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["MatMulNBits"] == 29
@@ -122,3 +124,29 @@ def test_rotary_layout_matches_transformers_interleaved_mrope(hf_model):
     ref_cos, ref_sin = text.rotary_emb(torch.zeros(1, 7, 64), positions)
     torch.testing.assert_close(cos[:, :, 0], ref_cos, rtol=0, atol=1e-6)
     torch.testing.assert_close(sin[:, :, 0], ref_sin, rtol=0, atol=1e-6)
+
+
+def test_in_place_cache_matches_the_grown_cache(fp32_export):
+    """A preallocated cache bound as past and present (IO binding) gives the grown cache's logits."""
+    from qvl_compile.errors import QvlError
+
+    decoder = TextDecoder.from_export(fp32_export)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 500, (1, 11))
+    positions = np.broadcast_to(np.arange(11), (3, 1, 11)).copy()
+    grown = decoder.empty_cache()
+    in_place = decoder.empty_cache(capacity=11 + 6)
+    buffer = in_place.keys[0]
+    for step in range(7):
+        if step == 0:
+            a, grown = decoder.forward(ids, positions, grown)
+            b, in_place = decoder.forward(ids, positions, in_place)
+        else:
+            token, position = np.array([[int(a[0, -1].argmax())]]), np.full((3, 1, 1), 10 + step, np.int64)
+            a, grown = decoder.forward(token, position, grown)
+            b, in_place = decoder.forward(token, position, in_place)
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    assert in_place.length == grown.length == 17 and in_place.keys[0] is buffer  # written in place, never copied
+    assert np.array_equal(in_place.keys[0], grown.keys[0]) and np.array_equal(in_place.values[3], grown.values[3])
+    with pytest.raises(QvlError, match="holds 17 rows; 17 used \\+ 1 new do not fit"):
+        decoder.forward(np.array([[1]]), np.full((3, 1, 1), 17, np.int64), in_place)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command for the performance tables and plots in docs/perf/ (Qwen3-VL-2B architecture, random weights).
+#   pip install torch==2.13.0 -e '.[export,bench]'
+#   bash bench/suite.sh WORK_DIR        # about 45 minutes on 2 cores; the decoder export peaks near 21 GB
+# Steps whose output folder exists are skipped, so a rerun only re-measures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:?usage: bash bench/suite.sh WORK_DIR}
+out=docs/perf
+threads=${THREADS:-2}
+mkdir -p "$work" "$out"
+
+[ -d "$work/r2b" ] || qvl-compile random 2b "$work/r2b"
+[ -d "$work/vision-fp32" ] || qvl-compile export "$work/r2b" "$work/vision-fp32" --component vision
+[ -d "$work/vision-int8" ] || qvl-compile export "$work/r2b" "$work/vision-int8" --component vision --vision-quant int8
+[ -d "$work/decoder-int4" ] || qvl-compile export "$work/r2b" "$work/decoder-int4" --component decoder
+[ -d "$work/genai" ] || python -m onnxruntime_genai.models.builder -m "$work/r2b" -o "$work/genai" -p int4 -e cpu
+
+python bench/bandwidth.py --threads "$threads" --export "$work/decoder-int4" --context 512 | tee "$out/bandwidth_2b.txt"
+python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" \
+  --names "ours fp32" "ours int8" --threads "$threads" --markdown "$out/vision_2b.md" --plot "$out/vision_2b_latency.png"
+python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-level 4 --genai "$work/genai" \
+  --torch "$work/r2b" --threads "$threads" | tee "$out/decoder_2b.md"
+python bench/decoder_speed.py --ours "$work/decoder-int4" --ours-level 4 --genai "$work/genai" --prefill 0 \
+  --context 128 512 1024 2048 --repeats 2 --threads "$threads" --plot "$out/decoder_2b_context.png" \
+  | tee "$out/decoder_2b_context.md"
