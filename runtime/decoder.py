@@ -60,6 +60,8 @@ class TextDecoder:
         layers = range(facts.num_layers)
         self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in layers]
         self._present = [name for i in layers for name in (f"present.{i}.key", f"present.{i}.value")]
+        # Exports before the in-place cache had no attention_mask: they still run, with the grown cache.
+        self.supports_in_place = "attention_mask" in {i.name for i in self.session.get_inputs()}
 
     @classmethod
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
@@ -73,6 +75,9 @@ class TextDecoder:
         rows = 0 if capacity is None else int(capacity)
         if capacity is not None and rows < 1:
             raise QvlError(f"cache capacity must be at least 1 row, got {capacity}")
+        if capacity is not None and not self.supports_in_place:
+            raise QvlError("this decoder.onnx has no attention_mask input (exported before in-place KV caching); "
+                           "re-export it with qvl-compile export, or use empty_cache() without a capacity")
         shape = (batch, f.num_key_value_heads, rows, f.head_dim)
         keys = [np.zeros(shape, np.float32) for _ in range(f.num_layers)]
         values = [np.zeros(shape, np.float32) for _ in range(f.num_layers)]
@@ -108,7 +113,8 @@ class TextDecoder:
             "deepstack_embeds": np.ascontiguousarray(deepstack_embeds, np.float32),
             "logit_positions": np.asarray(logit_positions, np.int64),
         }
-        feeds["attention_mask"] = np.ones((batch, cache.length + seq), np.int64)  # [B, valid past + S]
+        if self.supports_in_place:
+            feeds["attention_mask"] = np.ones((batch, cache.length + seq), np.int64)  # [B, valid past + S]
         if cache.filled is not None:
             return self._forward_in_place(feeds, cache, seq), cache
         for (key_name, value_name), key, value in zip(self._past, cache.keys, cache.values):

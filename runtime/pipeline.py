@@ -106,7 +106,8 @@ class Pipeline:
             if prepared.pixel_values is not None:
                 out = self.vision(prepared.pixel_values, prepared.grid_thw)
                 visual, deepstack = out.image_embeds, out.deepstack_embeds
-            cache = self.decoder.empty_cache(capacity=seq + max_new_tokens)  # filled in place, no copy per token
+            # Filled in place (no copy per token) unless the export predates the attention_mask input.
+            cache = self.decoder.empty_cache(capacity=seq + max_new_tokens if self.decoder.supports_in_place else None)
             logits, cache = self.decoder.forward(prepared.input_ids[None], prepared.position_ids[:, None],
                                                  cache, visual, deepstack)
             rng = np.random.default_rng(seed)
