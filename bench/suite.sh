@@ -14,6 +14,11 @@ mkdir -p "$work" "$out"
 [ -d "$work/vision-fp32" ] || qvl-compile export "$work/r2b" "$work/vision-fp32" --component vision
 [ -d "$work/vision-int8" ] || qvl-compile export "$work/r2b" "$work/vision-int8" --component vision --vision-quant int8
 [ -d "$work/decoder-int4" ] || qvl-compile export "$work/r2b" "$work/decoder-int4" --component decoder
+# The end-to-end runner: the INT4 decoder plus the int8 vision graph in one folder (export keeps the decoder).
+if [ ! -d "$work/e2e" ]; then
+  cp -r "$work/decoder-int4" "$work/e2e"
+  qvl-compile export "$work/r2b" "$work/e2e" --component vision --vision-quant int8
+fi
 [ -d "$work/genai" ] || python -m onnxruntime_genai.models.builder -m "$work/r2b" -o "$work/genai" -p int4 -e cpu
 
 python bench/bandwidth.py --threads "$threads" --export "$work/decoder-int4" --context 512 | tee "$out/bandwidth_2b.txt"
@@ -24,3 +29,5 @@ python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-
 python bench/decoder_speed.py --ours "$work/decoder-int4" --ours-level 4 --genai "$work/genai" --prefill 0 \
   --context 128 512 1024 2048 --repeats 2 --threads "$threads" --plot "$out/decoder_2b_context.png" \
   | tee "$out/decoder_2b_context.md"
+python bench/e2e_speed.py --ours "$work/e2e" --torch "$work/r2b" --size 448 --new-tokens 64 --threads "$threads" \
+  | tee "$out/e2e_2b.md"

@@ -15,6 +15,7 @@ import torch
 
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
+from qvl_compile.export.fusion import fuse_gelu
 from qvl_compile.export.graph_names import name_dims
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX, random_pixels
 from qvl_compile.export.onnx_functions import OPSET, frame_attention_onnx
@@ -39,6 +40,7 @@ STAGES = [
     "rewrite",
     "capture (torch.export)",
     "translate to ONNX",
+    "fuse GELU (onnxruntime.transformers)",
     "check (onnx.checker, onnxruntime load)",
     "verify against eager PyTorch at other grids",
 ]
@@ -108,6 +110,10 @@ def export_vision(model_dir: Path, work_dir: Path, quant: VisionQuantOptions | N
             "pixel_values": ["num_patches", None], "grid_thw": ["num_grids", None],
             "image_embeds": ["num_merged", None], "deepstack_embeds": [None, "num_merged", None]})
         onnx_program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
+    del onnx_program
+
+    with stages.run("fuse GELU (onnxruntime.transformers)"):
+        fused = fuse_gelu(path, external=weight_bytes > EXTERNAL_DATA_BYTES)
 
     with stages.run("check (onnx.checker, onnxruntime load)"):
         onnx.checker.check_model(str(path), full_check=True)
@@ -148,6 +154,7 @@ def export_vision(model_dir: Path, work_dir: Path, quant: VisionQuantOptions | N
         "num_deepstack": len(config.deepstack_visual_indexes),
         "dtype": "float32",  # inputs and outputs; quant.mode says how the weights are stored
         "quant": quant.describe() | ({"op_counts": op_counts} if op_counts else {}),
+        "fused": fused,
         "export_grid": [list(g) for g in EXPORT_GRID],
         "export_check": {
             r.name + " / " + r.output: {"grid": [list(g) for g in r.grid], "max_abs": r.max_abs, "max_rel": r.max_rel,

@@ -82,8 +82,13 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return replaced
 
 
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """The quantizer advises its static-quantization pre-processing on the root logger; not for us."""
+    return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
 def quantize_vision(fp32_path: Path, out_path: Path) -> dict[str, int]:
-    """Write the 8-bit copy of the fp32 vision graph at `out_path` (weights inline); returns its op counts."""
+    """Write the 8-bit copy of the fp32 vision graph at `out_path` (weights inline); returns its matmul op counts."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32_path))
@@ -94,9 +99,15 @@ def quantize_vision(fp32_path: Path, out_path: Path) -> dict[str, int]:
         onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=staged.name + ".data")
         del model
-        quantize_dynamic(str(staged), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"])
+        root = logging.getLogger()
+        root.addFilter(_no_preprocessing_advice)
+        try:
+            quantize_dynamic(str(staged), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"])
+        finally:
+            root.removeFilter(_no_preprocessing_advice)
     counts: dict[str, int] = {}
     for node in onnx.load(str(out_path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if node.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "MatMul", "Gemm"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts

@@ -89,7 +89,8 @@ class TextDecoder:
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, cache: KVCache,
                 visual_embeds: np.ndarray | None = None, deepstack_embeds: np.ndarray | None = None,
                 logit_positions: np.ndarray | None = None) -> tuple[np.ndarray, KVCache]:
-        """input_ids [B, S], position_ids [3, B, S] -> logits [B, K, vocab] and the grown cache.
+        """input_ids [B, S], position_ids [3, B, S] -> logits [B, K, vocab] and the cache holding the new rows
+        (a new KVCache in grown mode; the same, updated, object in in-place mode).
 
         visual_embeds [V, hidden] and deepstack_embeds [D, V, hidden] fill the V image/video
         placeholders of input_ids in order; logit_positions [K] defaults to the last position.
@@ -131,10 +132,10 @@ class TextDecoder:
         binding.bind_output("logits")  # first bound, first in get_outputs()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        for (key_name, value_name), (key, value), layer in zip(self._past, cache.bound, range(len(cache.bound))):
+        for layer, ((key_name, value_name), (key, value)) in enumerate(zip(self._past, cache.bound)):
             binding.bind_ortvalue_input(key_name, key)
             binding.bind_ortvalue_input(value_name, value)
-            binding.bind_ortvalue_output(self._present[2 * layer], key)
+            binding.bind_ortvalue_output(self._present[2 * layer], key)  # the same buffer: written in place
             binding.bind_ortvalue_output(self._present[2 * layer + 1], value)
         self.session.run_with_iobinding(binding)
         cache.filled += seq

@@ -122,3 +122,12 @@ def test_truncated_artifact_is_refused(vision_export, tmp_path):
         fh.truncate(1000)
     with pytest.raises(QvlError, match="truncated or replaced"):
         VisionEncoder.from_export(copy)
+
+
+def test_gelu_chains_are_fused(vision_export):
+    """Every block's tanh-GELU is one FastGelu, the merger's erf-GELUs are Gelu; no chain is left over."""
+    ops = collections.Counter(n.op_type for n in onnx.load(str(vision_export / "vision.onnx")).graph.node)
+    assert ops["FastGelu"] == 4 and ops["Gelu"] == 4  # tiny model: 4 blocks; merger + 3 DeepStack mergers
+    assert ops["Tanh"] == 0 and ops["Erf"] == 0 and ops["Pow"] == 0
+    manifest = json.loads((vision_export / "manifest.json").read_text())
+    assert manifest["artifacts"]["vision"]["fused"] == {"FastGelu": 4, "Gelu": 4}

@@ -1,0 +1,170 @@
+"""End to end, side by side: one image and a short prompt in, N greedy tokens out.
+
+    python bench/e2e_speed.py --ours OUT_DIR --torch MODEL_DIR [--size 448] [--new-tokens 64] [--repeats 3]
+
+Each runner lives in its own worker process (peak RSS is its own) and uses its own preprocessing: ours
+the torch-free runtime (preprocess, vision graph, INT4 decoder with the in-place KV cache), PyTorch
+transformers' PIL image processor and `generate()` (eager, sdpa, fp32). The prompt is built at the
+token-id level (12 text tokens, the image's placeholders, 8 text tokens) because random-weight
+checkpoints ship no tokenizer. Reported: time to first token (image decode excluded, preprocessing
+included) and total time for `--new-tokens` tokens (EOS ignored so both produce exactly N).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parents[1] / "runtime" / "samples" / "red-house.png"
+
+
+def _prompt_ids(image_token: int, start: int, end: int, merged: int):
+    import numpy as np
+
+    text = np.random.default_rng(0).integers(0, min(image_token, 1000), 20)
+    return np.concatenate([text[:12], [start], [image_token] * merged, [end], text[12:]]).astype(np.int64)
+
+
+def _ours(export_dir: str, threads: int):
+    import time
+
+    import numpy as np
+
+    from qvl_compile.manifest import read_manifest
+    from qvl_compile.runtime.decoder import TextDecoder
+    from qvl_compile.runtime.preprocess import ImageProcessorConfig, preprocess_image
+    from qvl_compile.runtime.rope_index import mrope_position_ids
+    from qvl_compile.runtime.vision import VisionEncoder
+
+    model = read_manifest(export_dir)["model"]
+    vision = VisionEncoder.from_export(export_dir, intra_op_threads=threads)
+    decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads)
+    config = ImageProcessorConfig.from_dir(export_dir)
+
+    def run(image, new_tokens: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        pixels, grid = preprocess_image(image, config)
+        out = vision(pixels, np.array([grid]))
+        ids = _prompt_ids(model["image_token_id"], model["vision_start_token_id"], model["vision_end_token_id"],
+                          int(np.prod(grid)) // 4)
+        positions, delta = mrope_position_ids(ids, model["image_token_id"], model["video_token_id"], [grid], [])
+        cache = decoder.empty_cache(capacity=len(ids) + new_tokens)
+        logits, cache = decoder.forward(ids[None], positions[:, None], cache, out.image_embeds, out.deepstack_embeds)
+        token = int(logits[0, -1].argmax())
+        first = time.perf_counter() - start
+        for step in range(new_tokens - 1):
+            position = np.full((3, 1, 1), len(ids) + delta + step, np.int64)
+            logits, cache = decoder.forward(np.array([[token]]), position, cache)
+            token = int(logits[0, -1].argmax())
+        return first, time.perf_counter() - start
+
+    return run
+
+
+def _torch(model_dir: str, threads: int):
+    import inspect
+    import time
+
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from qvl_compile.export.decoder import load_full_model
+    from qvl_compile.golden.generate import _image_processor
+
+    torch.set_num_threads(threads)
+    model = load_full_model(Path(model_dir))
+    processor = _image_processor(Path(model_dir))
+    config = model.config
+
+    class FirstToken(BaseStreamer):
+        def __init__(self, start):
+            self.start, self.calls, self.first = start, 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2:  # the first call carries the prompt
+                self.first = time.perf_counter() - self.start
+
+        def end(self):
+            pass
+
+    def run(image, new_tokens: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        pixels = processor(images=[image], return_tensors="pt")
+        merged = int(pixels["image_grid_thw"].prod()) // 4
+        ids = torch.from_numpy(_prompt_ids(config.image_token_id, config.vision_start_token_id,
+                                           config.vision_end_token_id, merged))[None]
+        kwargs = {"input_ids": ids, "pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+        if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+            kwargs["mm_token_type_ids"] = (ids == config.image_token_id).long()
+        streamer = FirstToken(start)
+        model.model.rope_deltas = None
+        with torch.no_grad():
+            model.generate(**kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           streamer=streamer)
+        return streamer.first, time.perf_counter() - start
+
+    return run
+
+
+def _worker(kind: str, path: str, threads: int, size: int, conn) -> None:
+    import resource
+
+    from PIL import Image
+
+    run = (_ours if kind == "ours" else _torch)(path, threads)
+    image = Image.open(SAMPLE).convert("RGB").resize((size, size))
+    run(image, 2)  # warm-up
+    conn.send("ready")
+    while (request := conn.recv()) != "stop":
+        conn.send(run(image, request))
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ours", type=Path, required=True, help="export folder with vision and decoder")
+    parser.add_argument("--torch", type=Path, help="checkpoint folder for PyTorch eager")
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    runners = {"ours (torch-free runtime)": ("ours", args.ours)}
+    if args.torch:
+        runners["PyTorch eager sdpa (transformers generate)"] = ("torch", args.torch)
+    ctx, workers = mp.get_context("spawn"), {}
+    for name, (kind, path) in runners.items():
+        conn, child = ctx.Pipe()
+        ctx.Process(target=_worker, args=(kind, str(path), args.threads, args.size, child), daemon=True).start()
+        if conn.recv() != "ready":
+            raise RuntimeError(f"{name}: worker failed")
+        workers[name] = conn
+    results = {name: [] for name in workers}
+    for repeat in range(args.repeats):
+        for name, conn in workers.items():
+            conn.send(args.new_tokens)
+            results[name].append(conn.recv())
+            print(f"round {repeat + 1}: {name}: first token {results[name][-1][0]:.2f} s, "
+                  f"total {results[name][-1][1]:.2f} s", file=sys.stderr, flush=True)
+    peaks = {}
+    for name, conn in workers.items():
+        conn.send("stop")
+        peaks[name] = conn.recv()
+
+    def cell(values):
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    print(f"| runner | time to first token (s) | total for {args.new_tokens} tokens (s) | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    for name, values in results.items():
+        print(f"| {name} | {cell([v[0] for v in values])} | {cell([v[1] for v in values])} | {peaks[name]:.0f} |")
+    print(f"\n{args.size}x{args.size} image, median (min-max) of {args.repeats} interleaved rounds, "
+          f"{args.threads} threads")
+
+
+if __name__ == "__main__":
+    main()
