@@ -64,18 +64,18 @@ def _ours(export_dir: str, threads: int):
 
 
 def _torch(model_dir: str, threads: int):
-    import inspect
     import time
 
     import torch
     from transformers.generation.streamers import BaseStreamer
 
     from qvl_compile.export.decoder import load_full_model
-    from qvl_compile.golden.generate import _image_processor
+    from qvl_compile.golden.decoder_reference import with_token_types
+    from qvl_compile.golden.reference import load_image_processor
 
     torch.set_num_threads(threads)
     model = load_full_model(Path(model_dir))
-    processor = _image_processor(Path(model_dir))
+    processor = load_image_processor(model_dir)
     config = model.config
 
     class FirstToken(BaseStreamer):
@@ -96,9 +96,8 @@ def _torch(model_dir: str, threads: int):
         merged = int(pixels["image_grid_thw"].prod()) // 4
         ids = torch.from_numpy(_prompt_ids(config.image_token_id, config.vision_start_token_id,
                                            config.vision_end_token_id, merged))[None]
-        kwargs = {"input_ids": ids, "pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
-        if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-            kwargs["mm_token_type_ids"] = (ids == config.image_token_id).long()
+        kwargs = with_token_types(model, {"input_ids": ids, "pixel_values": pixels["pixel_values"],
+                                          "image_grid_thw": pixels["image_grid_thw"]})
         streamer = FirstToken(start)
         model.model.rope_deltas = None
         with torch.no_grad():

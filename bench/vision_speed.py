@@ -33,6 +33,8 @@ def _worker(kind: str, path: str, threads: int, conn) -> None:
 
     import numpy as np
 
+    from qvl_compile.golden.store import pixels_from_seed
+
     if kind == "torch":
         import torch
 
@@ -57,7 +59,7 @@ def _worker(kind: str, path: str, threads: int, conn) -> None:
             conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             return
         grid = np.asarray(request, np.int64)
-        pixels = np.random.default_rng(0).uniform(-1, 1, (int(grid.prod(axis=1).sum()), 1536)).astype(np.float32)
+        pixels = pixels_from_seed(int(grid.prod(axis=1).sum()), 1536, seed=0)
         start = time.perf_counter()
         run(pixels, grid)
         conn.send(time.perf_counter() - start)

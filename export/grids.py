@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qvl_compile.golden.store import pixels_from_seed
+
 # Grid rows are (t, h, w) in patches; h and w are multiples of the merge size 2.
 EXPORT_GRID = ((1, 6, 8), (2, 4, 6))
 
@@ -21,7 +23,7 @@ GRID_MATRIX: dict[str, tuple[tuple[int, int, int], ...]] = {
 def random_pixels(grid, patch_dim: int, seed: int) -> np.ndarray:
     """Pixel rows in the processor's normalised range [-1, 1], one per patch of `grid`."""
     rows = int(np.prod(np.asarray(grid, dtype=np.int64), axis=1).sum())
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(rows, patch_dim)).astype(np.float32)
+    return pixels_from_seed(rows, patch_dim, seed)
 
 
 def parse_grid(text: str) -> tuple[tuple[int, int, int], ...]:

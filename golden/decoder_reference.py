@@ -65,12 +65,13 @@ def build_prompt(config, parts: list, seed: int = 0, patch_dim: int = 1536) -> M
     return MultimodalPrompt(torch.tensor([ids]), image_grid, pixel_values, video_grid, video_values, media)
 
 
-def _token_types(model, input_ids: torch.Tensor) -> torch.Tensor:
-    config = model.config
-    types = torch.zeros_like(input_ids)
-    types[input_ids == config.image_token_id] = 1
-    types[input_ids == config.video_token_id] = 2
-    return types
+def with_token_types(model, kwargs: dict) -> dict:
+    """`kwargs` plus `mm_token_type_ids` (1 image pad, 2 video pad) when the model takes them (transformers 5.x)."""
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        ids, config = kwargs["input_ids"], model.config
+        kwargs["mm_token_type_ids"] = ((ids == config.image_token_id).long()
+                                       + 2 * (ids == config.video_token_id).long())
+    return kwargs
 
 
 @dataclass
@@ -120,8 +121,7 @@ def run_reference(model, prompt: MultimodalPrompt, next_tokens: list[int]):
     for name in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
         if getattr(prompt, name) is not None:
             kwargs[name] = getattr(prompt, name)
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-        kwargs["mm_token_type_ids"] = _token_types(model, prompt.input_ids)
+    with_token_types(model, kwargs)
     try:
         model.model.rope_deltas = None
         out = model(**kwargs)

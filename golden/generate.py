@@ -24,11 +24,11 @@ from PIL import Image
 from qvl_compile.config import ModelConfig
 from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.grids import GRID_MATRIX
-from qvl_compile.golden.decoder_reference import build_prompt, run_reference
+from qvl_compile.golden.decoder_reference import build_prompt, run_reference, with_token_types
 from qvl_compile.golden.media import write_media, VIDEO_NAME
-from qvl_compile.golden.reference import load_vision_model, reference_vision
-from qvl_compile.golden.store import (EXACT, GOLDEN_FORMAT, INDEX_NAME, Tolerance, array_digest, pixels_from_seed,
-                                      write_case)
+from qvl_compile.golden.reference import load_image_processor, load_vision_model, reference_vision
+from qvl_compile.golden.store import (EXACT, GOLDEN_FORMAT, INDEX_NAME, Tolerance, array_digest, decoded_digest,
+                                      pixels_from_seed, write_case)
 from qvl_compile.manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -183,16 +183,8 @@ def _decoder_cases(out: Path, sources: Sources, model) -> list[str]:
                           {"reference": "the INT4 export's dequantized weights", "quant": quant})]
 
 
-def _image_processor(model_dir: Path):
-    try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
-    except ImportError:  # 4.57.x
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as Processor
-    return Processor.from_pretrained(model_dir)
-
-
 def _preprocess_cases(out: Path, sources: Sources, model) -> list[str]:
-    processor = _image_processor(sources.model_dir)
+    processor = load_image_processor(sources.model_dir)
     names = []
     for image_name in PREPROCESS_IMAGES:
         with Image.open(out / "media" / image_name) as image:
@@ -208,12 +200,10 @@ def _preprocess_cases(out: Path, sources: Sources, model) -> list[str]:
 
 
 def _generate_cases(out: Path, sources: Sources, model) -> list[str]:
-    import inspect
-
     from qvl_compile.runtime.pipeline import Pipeline
 
     pipe = Pipeline(sources.fp32_export)
-    processor = _image_processor(sources.model_dir)
+    processor = load_image_processor(sources.model_dir)
     names = []
     for label, (images, with_video) in GENERATE_CASES.items():
         paths = [out / "media" / n for n in images]
@@ -233,9 +223,7 @@ def _generate_cases(out: Path, sources: Sources, model) -> list[str]:
             kwargs["pixel_values_videos"] = torch.from_numpy(prepared.pixel_values[-rows:])
             kwargs["video_grid_thw"] = torch.from_numpy(prepared.grid_thw[-1:])
             params["video_pixels_sha256"] = array_digest(prepared.pixel_values[-rows:])
-        if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-            kwargs["mm_token_type_ids"] = ((ids == model.config.image_token_id).long()
-                                           + 2 * (ids == model.config.video_token_id).long())
+        with_token_types(model, kwargs)
         for suffix, penalty in PENALTIES.items():
             model.model.rope_deltas = None
             with torch.no_grad():
@@ -294,7 +282,7 @@ def generate_goldens(out_dir: str | Path, kinds=ALL_KINDS, sources: Sources | No
                           "skipped": skipped},
             "tiny_checkpoint": {"seed": SEED, "files": {p.name: sha256_file(p) for p in
                                                         sorted(sources.model_dir.iterdir()) if p.is_file()}},
-            "media": {name: {"what": what, "pixels_sha256": _decoded_digest(work / "media" / name)}
+            "media": {name: {"what": what, "pixels_sha256": decoded_digest(work / "media" / name)}
                       for name, what in media.items()},
             "graphs": graphs,
             "cases": cases,
@@ -302,14 +290,3 @@ def generate_goldens(out_dir: str | Path, kinds=ALL_KINDS, sources: Sources | No
         (work / INDEX_NAME).write_text(json.dumps(index, indent=1) + "\n")
     return index
 
-
-def _decoded_digest(path: Path) -> str:
-    """sha256 of what a file decodes to (encoders may change bytes, never the decoded pixels)."""
-    if path.suffix == ".mkv":
-        import av
-
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        return array_digest(np.stack(frames))
-    with Image.open(path) as image:
-        return array_digest(np.asarray(image))

@@ -73,6 +73,15 @@ def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32)
     return model.eval()
 
 
+def load_image_processor(model_dir: str | Path):
+    """transformers' PIL-based Qwen2-VL image processor (5.x), or 4.57's slow one (also PIL/numpy)."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
+    except ImportError:  # 4.57.x
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as Processor
+    return Processor.from_pretrained(model_dir)
+
+
 def _is_5x_rotary(rotary: torch.nn.Module) -> bool:
     return hasattr(rotary, "compute_axial_rope_parameters")
 

@@ -150,6 +150,19 @@ def load_cases(kind: str | None = None, root: str | Path = DATA_DIR) -> list[Cas
     return cases
 
 
+def decoded_digest(path: Path) -> str:
+    """sha256 of what a medium decodes to (encoders may change bytes, never the decoded pixels)."""
+    if path.suffix == ".mkv":
+        import av
+
+        with av.open(str(path)) as container:
+            return array_digest(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return array_digest(np.asarray(image))
+
+
 def media_path(name: str, root: str | Path = DATA_DIR) -> Path:
     return Path(root) / "media" / name
 

@@ -48,13 +48,17 @@ def tiny_dir(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
-@pytest.fixture(scope="session")
-def vision_export(tiny_dir, tmp_path_factory):
+def _export(tiny_dir, tmp_path_factory, name: str, **options) -> Path:
     from qvl_compile.export.pipeline import export_model
 
-    out = tmp_path_factory.mktemp("export") / "out"
-    export_model(tiny_dir, out, component="vision")
+    out = tmp_path_factory.mktemp(name) / "out"
+    export_model(tiny_dir, out, **options)
     return out
+
+
+@pytest.fixture(scope="session")
+def vision_export(tiny_dir, tmp_path_factory):
+    return _export(tiny_dir, tmp_path_factory, "export", component="vision")
 
 
 @pytest.fixture(scope="session")
@@ -68,21 +72,14 @@ def hf_visual(tiny_dir):
 def fp32_export(tiny_dir, tmp_path_factory):
     """Vision + fp32 decoder of the tiny model: the export every exact-parity runtime test shares."""
     from qvl_compile.export.decoder_options import QuantOptions
-    from qvl_compile.export.pipeline import export_model
 
-    out = tmp_path_factory.mktemp("fp32") / "out"
-    export_model(tiny_dir, out, component="all", quant=QuantOptions(mode="fp32"))
-    return out
+    return _export(tiny_dir, tmp_path_factory, "fp32", component="all", quant=QuantOptions(mode="fp32"))
 
 
 @pytest.fixture(scope="session")
 def int4_export(tiny_dir, tmp_path_factory):
     """The INT4 decoder of the tiny model with the export defaults (block 32, accuracy_level 1, lm_head too)."""
-    from qvl_compile.export.pipeline import export_model
-
-    out = tmp_path_factory.mktemp("int4") / "out"
-    export_model(tiny_dir, out, component="decoder")
-    return out
+    return _export(tiny_dir, tmp_path_factory, "int4", component="decoder")
 
 
 @pytest.fixture(scope="session")

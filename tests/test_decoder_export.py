@@ -11,7 +11,6 @@ from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import (FP32_TOLERANCE, INT4_TOLERANCE, decoder_parity,
                                                dequantize_matmul_nbits, fake_quant_reference,
                                                next_token_agreement, with_accuracy_level)
-from qvl_compile.export.pipeline import export_model
 from qvl_compile.runtime.decoder import TextDecoder
 
 # Not the export-time check's prompt: a video first, images of other sizes, another seed.

@@ -5,13 +5,13 @@ exported in fp32. transformers gets its own PIL image processor's pixels; for vi
 torchvision) it gets the same pixel values as ours, so the model path is compared end to end. A repetition
 penalty keeps the random tiny model from repeating one token (plain greedy is checked too).
 """
-import inspect
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from qvl_compile.golden.decoder_reference import with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
 from conftest import write_random_video
@@ -42,11 +42,9 @@ def hf(tiny_dir):
 
     from qvl_compile.export.decoder import load_full_model
 
-    try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
-    except ImportError:  # 4.57.x
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as Processor
-    return load_full_model(tiny_dir), Processor.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    from qvl_compile.golden.reference import load_image_processor
+
+    return load_full_model(tiny_dir), load_image_processor(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
 
 
 CASES = {"text only": ([], False), "one image": (["wide"], False), "two images": (["wide", "tall"], False),
@@ -76,9 +74,7 @@ def test_generate_matches_transformers(pipeline, media, hf, case, penalty):
         rows = int(np.prod(prepared.grid_thw[-1]))
         kwargs["pixel_values_videos"] = torch.from_numpy(prepared.pixel_values[-rows:])
         kwargs["video_grid_thw"] = torch.from_numpy(prepared.grid_thw[-1:])
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-        types = (ids == model.config.image_token_id).long() + 2 * (ids == model.config.video_token_id).long()
-        kwargs["mm_token_type_ids"] = types
+    with_token_types(model, kwargs)
     model.model.rope_deltas = None
     with torch.no_grad():
         out = model.generate(**kwargs, max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=penalty)

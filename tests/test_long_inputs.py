@@ -1,11 +1,11 @@
 """Slow tier: long videos on the tiny model (pytest -m slow)."""
-import inspect
 
 import numpy as np
 import pytest
 import torch
 
 from qvl_compile.golden.store import pixels_from_seed
+from qvl_compile.golden.decoder_reference import with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
 from qvl_compile.runtime.vision import VisionEncoder
@@ -40,8 +40,7 @@ def test_one_minute_video_generates_as_transformers(fp32_export, tiny_dir, tmp_p
     ids = torch.from_numpy(prepared.input_ids[None])
     kwargs = dict(input_ids=ids, pixel_values_videos=torch.from_numpy(prepared.pixel_values),
                   video_grid_thw=torch.from_numpy(prepared.grid_thw))
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-        kwargs["mm_token_type_ids"] = 2 * (ids == model.config.video_token_id).long()
+    with_token_types(model, kwargs)
     with torch.no_grad():
         reference = model.generate(**kwargs, max_new_tokens=8, do_sample=False, repetition_penalty=8.0)
     assert ours.token_ids == reference[0, ids.shape[1]:].tolist()

@@ -1,5 +1,4 @@
 """The torch-free pipeline end to end against transformers: prompt ids, pixels, positions, generated tokens."""
-import inspect
 import json
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qvl_compile.golden.decoder_reference import with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig, apply_repetition_penalty, next_token
 
@@ -64,8 +64,7 @@ def test_greedy_generation_matches_transformers_generate(fp32_export, tiny_dir, 
     ids, pixels = _hf_inputs(tiny_dir, "Describe both images.", images)
     kwargs = dict(input_ids=ids, pixel_values=torch.from_numpy(pixels["pixel_values"]),
                   image_grid_thw=torch.from_numpy(pixels["image_grid_thw"]))
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-        kwargs["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
+    with_token_types(model, kwargs)
     with torch.no_grad():
         out = model.generate(**kwargs, max_new_tokens=16, do_sample=False, repetition_penalty=8.0)
     reference = out[0, ids.shape[1]:].tolist()

@@ -5,13 +5,12 @@ torch; its sampling rule (n = int(total / video_fps * fps) clamped to [min_frame
 frame count, indices = round(linspace(0, total-1, n))) is checked here on a generated file, and the model
 path of a video prompt is compared with transformers' own generate().
 """
-import inspect
 
 import numpy as np
 import pytest
 import torch
 
-from qvl_compile.golden.decoder_reference import build_prompt, run_reference
+from qvl_compile.golden.decoder_reference import build_prompt, run_reference, with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.sampling import SamplingConfig
@@ -86,8 +85,7 @@ def test_video_prompt_generates_as_transformers(clip, hf_model, fp32_export):
     ids = torch.from_numpy(prepared.input_ids[None])
     kwargs = dict(input_ids=ids, pixel_values_videos=torch.from_numpy(prepared.pixel_values),
                   video_grid_thw=torch.from_numpy(prepared.grid_thw))
-    if "mm_token_type_ids" in inspect.signature(hf_model.forward).parameters:
-        kwargs["mm_token_type_ids"] = 2 * (ids == hf_model.config.video_token_id).long()
+    with_token_types(hf_model, kwargs)
     hf_model.model.rope_deltas = None
     with torch.no_grad():
         reference = hf_model.generate(**kwargs, max_new_tokens=12, do_sample=False, repetition_penalty=8.0)
