@@ -16,7 +16,8 @@ from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.vision_quant import VisionQuantOptions
 from qvl_compile.golden.reference import weight_files
-from qvl_compile.manifest import FORMAT, MANIFEST_NAME, file_record, read_manifest, write_manifest
+from qvl_compile.export.provenance import stamp_source
+from qvl_compile.manifest import FORMAT, MANIFEST_NAME, file_record, read_manifest, source_digest, write_manifest
 
 log = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnx-ir")
@@ -33,8 +34,9 @@ def _versions() -> dict[str, str]:
 
 
 def _source_record(model_dir: Path) -> dict[str, Any]:
-    files = ["config.json"] + [p.name for p in weight_files(model_dir)]
-    return {"model_dir": str(model_dir.absolute()), "files": [file_record(model_dir, n) for n in files]}
+    names = ["config.json"] + [p.name for p in weight_files(model_dir)]
+    files = [file_record(model_dir, n) for n in names]
+    return {"model_dir": str(model_dir.absolute()), "sha256": source_digest(files), "files": files}
 
 
 def _carry_over(out_dir: Path, work_dir: Path, source: dict[str, Any], keep: set[str]) -> dict[str, Any]:
@@ -87,9 +89,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
     with atomic_output_dir(out_dir, force=force, marker=MANIFEST_NAME) as work_dir:
         artifacts = _carry_over(out_dir, work_dir, source, keep=set(("vision", "decoder")) - set(wanted))
         if "vision" in wanted:
-            artifacts["vision"] = export_vision(model_dir, work_dir, vision_quant)
+            artifacts["vision"] = stamp_source(work_dir, export_vision(model_dir, work_dir, vision_quant),
+                                               source["sha256"])
         if "decoder" in wanted:
-            artifacts["decoder"] = export_decoder(model_dir, work_dir, quant)
+            artifacts["decoder"] = stamp_source(work_dir, export_decoder(model_dir, work_dir, quant), source["sha256"])
         assets = [name for name in RUNTIME_ASSETS if (model_dir / name).is_file()]
         for name in assets:
             shutil.copy2(model_dir / name, work_dir / name)

@@ -30,7 +30,26 @@ def weight_files(model_dir: Path) -> list[Path]:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise QvlError(f"{model_dir}: missing weight file(s) {', '.join(missing)}")
+    for path in files:
+        check_safetensors_size(path)
     return files
+
+
+def check_safetensors_size(path: Path) -> None:
+    """The file is as long as its header says (8-byte header length, JSON header, then the tensors' bytes)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            if size < 8 or 8 + header_len > size:
+                raise ValueError(f"header of {header_len} bytes")
+            header = json.loads(fh.read(header_len))
+        data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise QvlError(f"{path}: not a readable safetensors file ({size} bytes; {exc}); truncated or corrupt") from None
+    if 8 + header_len + data_end != size:
+        raise QvlError(f"{path}: its header describes {8 + header_len + data_end} bytes, the file has {size} "
+                       "(truncated or corrupt)")
 
 
 def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:

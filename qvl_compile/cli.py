@@ -64,7 +64,24 @@ def handle_errors(func):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Usage errors (a missing argument, a bad option value) as one `error:` line and exit 2, like the rest."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra) or 0
+        except click.UsageError as exc:
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # bare `qvl-compile`: help
+                exc.show()
+                sys.exit(exc.exit_code)
+            command = exc.ctx.command_path if exc.ctx else "qvl-compile"
+            click.echo(f"error: {exc.format_message()} (see {command} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _fail("aborted")
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="qvl-compile")
@@ -211,15 +228,17 @@ def golden(out_dir: Path, kinds: tuple[str, ...], force: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
 @click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"text": ..., "token_ids": [...]} instead of streaming.')
+@click.option("--verify-hashes", is_flag=True,
+              help="Check every file's sha256 against the manifest before loading (sizes are always checked).")
 @handle_errors
 def generate(export_dir: Path, prompt: str, images: tuple[Path, ...], video: Path | None, max_new_tokens: int,
-             greedy: bool, seed: int | None, threads: int, as_json: bool) -> None:
+             greedy: bool, seed: int | None, threads: int, as_json: bool, verify_hashes: bool) -> None:
     """Generate text from an export folder with onnxruntime only (no torch)."""
     import json
 
     from qvl_compile.runtime.pipeline import Pipeline
 
-    pipe = Pipeline(export_dir, intra_op_threads=threads)
+    pipe = Pipeline(export_dir, intra_op_threads=threads, verify_hashes=verify_hashes)
     ids, shown = [], ""
     for token, text in pipe.stream(prompt, images=list(images), video=video, max_new_tokens=max_new_tokens,
                                    greedy=greedy, seed=seed):

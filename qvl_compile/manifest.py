@@ -11,6 +11,8 @@ from qvl_compile.jsonfile import read_folder_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "qvl-compile/1"
+# Graph metadata key: the digest of the checkpoint a graph was exported from (see source_digest).
+SOURCE_KEY = "qvl_compile.source_sha256"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -24,6 +26,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def file_record(folder: Path, name: str) -> dict[str, Any]:
     path = folder / name
     return {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def source_digest(files: list[dict[str, Any]]) -> str:
+    """One sha256 naming a checkpoint: over its files' names and sha256 (config.json and weights)."""
+    lines = "".join(f"{record['path']}:{record['sha256']}\n" for record in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -44,7 +52,17 @@ def load_artifact(folder: str | Path, name: str, hashes: bool = False) -> tuple[
     if artifact is None:
         raise QvlError(f"{folder}: the manifest lists no {name} artifact (export with --component {name})")
     check_files(folder, artifact["files"], hashes=hashes)
+    check_same_source(folder, name, artifact, read_manifest(folder))
     return folder / artifact["files"][0]["path"], artifact
+
+
+def check_same_source(folder: Path, name: str, artifact: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """The artifact was exported from the checkpoint the manifest names (exports before stamping pass)."""
+    expected = manifest.get("source", {}).get("sha256")
+    actual = artifact.get("source_sha256")
+    if expected and actual and actual != expected:
+        raise QvlError(f"{folder}: the {name} artifact was exported from checkpoint {actual[:12]}, the manifest's "
+                       f"source is {expected[:12]}: graphs from different checkpoints; re-export them together")
 
 
 def check_files(folder: Path, files: list[dict[str, Any]], hashes: bool = False) -> None:

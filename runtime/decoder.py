@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
-from qvl_compile.runtime.session import make_session
+from qvl_compile.runtime.session import check_source_stamp, make_session
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,9 @@ class TextDecoder:
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                     verify_hashes: bool = False) -> "TextDecoder":
         graph, artifact = load_artifact(export_dir, "decoder", hashes=verify_hashes)
-        return cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
+        decoder = cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
+        check_source_stamp(decoder.session, artifact, graph)
+        return decoder
 
     def empty_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:
         """An empty cache; with `capacity` (rows = prompt + new tokens) one preallocated in-place buffer."""

@@ -20,10 +20,10 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from qvl_compile.errors import QvlError
-from qvl_compile.manifest import read_manifest
+from qvl_compile.manifest import check_files, read_manifest
 from qvl_compile.runtime.decoder import TextDecoder
 from qvl_compile.runtime.preprocess import ImageProcessorConfig, load_image, preprocess_image, to_rgb
-from qvl_compile.runtime.prompt import expand_placeholders, load_chat_template, user_message
+from qvl_compile.runtime.prompt import RESERVED_TOKENS, expand_placeholders, load_chat_template, user_message
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.sampling import SamplingConfig, next_token
 from qvl_compile.runtime.video import Video, VideoProcessorConfig, preprocess_video, read_video
@@ -50,6 +50,7 @@ class Pipeline:
                  verify_hashes: bool = False):
         self.export_dir = Path(export_dir)
         manifest = read_manifest(self.export_dir)
+        check_files(self.export_dir, manifest.get("assets", []), hashes=verify_hashes)
         model = manifest["model"]
         self.image_token_id, self.video_token_id = int(model["image_token_id"]), int(model["video_token_id"])
         self.merge_size = int(model["vision"]["spatial_merge_size"])
@@ -67,8 +68,16 @@ class Pipeline:
 
     def prepare(self, prompt: str, images=(), video=None) -> PreparedPrompt:
         """Render the chat template, expand placeholders, preprocess media, compute M-RoPE positions."""
+        if not isinstance(prompt, str):
+            raise QvlError(f"prompt: expected text, got {type(prompt).__name__}")
         if not prompt.strip() and not images and video is None:
             raise QvlError("empty prompt and no image or video: nothing to answer")
+        reserved = [token for token in RESERVED_TOKENS if token in prompt]
+        if reserved:
+            raise QvlError(f"the prompt contains the reserved token {reserved[0]}; pass media with --image/--video "
+                           "(images= / video=), their placeholders are inserted for you")
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
         rows, grids, image_grids, video_grids, stamps = [], [], [], [], []
         for image in images:
             pixels, grid = preprocess_image(to_rgb(image) if isinstance(image, Image.Image) else load_image(image),

@@ -89,6 +89,8 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise QvlError(f"{path}: image too large to decode safely ({exc}); downscale it first") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise QvlError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 

@@ -9,6 +9,8 @@ from qvl_compile.errors import QvlError
 
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+# Media placeholders the pipeline inserts itself; in the user's text they would desynchronise the media.
+RESERVED_TOKENS = (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
 
 
 def load_chat_template(folder: Path) -> jinja2.Template:

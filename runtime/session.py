@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
 from qvl_compile.errors import QvlError
+from qvl_compile.manifest import SOURCE_KEY
 
 
 def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0) -> ort.InferenceSession:
@@ -18,3 +20,12 @@ def make_session(path: Path, providers: list[str] | None = None, intra_op_thread
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         first = str(exc).strip().splitlines()[0]
         raise QvlError(f"{path}: onnxruntime cannot load it: {first}") from None
+
+
+def check_source_stamp(session: ort.InferenceSession, artifact: dict[str, Any], path: Path) -> None:
+    """The graph's stamped source checkpoint equals the manifest's record (a swapped-in graph fails here)."""
+    stamped = session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+    expected = artifact.get("source_sha256")
+    if stamped and expected and stamped != expected:
+        raise QvlError(f"{path}: exported from checkpoint {stamped[:12]}, but the manifest records {expected[:12]}: "
+                       "a graph copied in from another export; re-export the folder")

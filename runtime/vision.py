@@ -8,7 +8,7 @@ import numpy as np
 
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
-from qvl_compile.runtime.session import make_session
+from qvl_compile.runtime.session import check_source_stamp, make_session
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,9 @@ class VisionEncoder:
                     verify_hashes: bool = False) -> "VisionEncoder":
         """The `vision.onnx` of an export folder, after checking its files against the manifest."""
         graph, artifact = load_artifact(export_dir, "vision", hashes=verify_hashes)
-        return cls(graph, artifact["patch_dim"], artifact["spatial_merge_size"], providers, intra_op_threads)
+        encoder = cls(graph, artifact["patch_dim"], artifact["spatial_merge_size"], providers, intra_op_threads)
+        check_source_stamp(encoder.session, artifact, graph)
+        return encoder
 
     def __call__(self, pixel_values, grid_thw) -> VisionOutput:
         pixels, grid = validate_vision_inputs(pixel_values, grid_thw, self.patch_dim, self.merge_size)
