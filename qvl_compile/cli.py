@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,10 @@ log = logging.getLogger("qvl_compile")
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def quiet_libraries() -> None:
@@ -87,6 +92,7 @@ class OneLineErrors(click.Group):
 @click.version_option(package_name="qvl-compile")
 def main(debug: bool, quiet: bool) -> None:
     """Rewrite and re-export Qwen3-VL to ONNX; run it without PyTorch."""
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C: temporary folders are removed
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
