@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from qvl_compile.errors import QvlError
-from qvl_compile.manifest import load_artifact
+from qvl_compile.manifest import load_artifact, read_manifest
 from qvl_compile.runtime.session import check_source_stamp, make_session
 
 
@@ -62,6 +62,7 @@ class TextDecoder:
         self._present = [name for i in layers for name in (f"present.{i}.key", f"present.{i}.value")]
         # Exports before the in-place cache had no attention_mask: they still run, with the grown cache.
         self.supports_in_place = "attention_mask" in {i.name for i in self.session.get_inputs()}
+        self.placeholder_ids: tuple[int, ...] = ()  # image/video pad ids, checked against visual_embeds when set
 
     @classmethod
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
@@ -69,6 +70,8 @@ class TextDecoder:
         graph, artifact = load_artifact(export_dir, "decoder", hashes=verify_hashes)
         decoder = cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
         check_source_stamp(decoder.session, artifact, graph)
+        model = read_manifest(export_dir)["model"]
+        decoder.placeholder_ids = (int(model["image_token_id"]), int(model["video_token_id"]))
         return decoder
 
     def empty_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:
@@ -109,6 +112,7 @@ class TextDecoder:
             deepstack_embeds = np.zeros((f.num_deepstack, visual_embeds.shape[0], f.hidden_size), np.float32)
         if logit_positions is None:
             logit_positions = np.array([seq - 1], np.int64)
+        self._check_media_rows(input_ids, visual_embeds, deepstack_embeds)
         feeds = {
             "input_ids": input_ids,
             "position_ids": position_ids,
@@ -124,6 +128,20 @@ class TextDecoder:
             feeds[key_name], feeds[value_name] = key, value
         logits, *presents = self.session.run(["logits", *self._present], feeds)
         return logits, KVCache(presents[0::2], presents[1::2])
+
+    def _check_media_rows(self, input_ids: np.ndarray, visual: np.ndarray, deepstack: np.ndarray) -> None:
+        """One visual row per placeholder token; the graph itself would fail inside a GatherND."""
+        f = self.facts
+        if visual.ndim != 2 or visual.shape[1] != f.hidden_size:
+            raise QvlError(f"visual_embeds: expected shape [rows, {f.hidden_size}], got {list(visual.shape)}")
+        if deepstack.shape != (f.num_deepstack, *visual.shape):
+            raise QvlError(f"deepstack_embeds: expected shape {[f.num_deepstack, *visual.shape]}, "
+                           f"got {list(deepstack.shape)}")
+        if self.placeholder_ids:
+            count = int(np.isin(input_ids, self.placeholder_ids).sum())
+            if count != visual.shape[0]:
+                raise QvlError(f"input_ids hold {count} image/video placeholder tokens but visual_embeds has "
+                               f"{visual.shape[0]} rows")
 
     def _forward_in_place(self, feeds: dict[str, np.ndarray], cache: KVCache, seq: int) -> np.ndarray:
         """Bind each layer's buffer as past input and present output: the new rows land in place."""

@@ -5,12 +5,12 @@
         ...
     result = pipe.generate("Describe.", images=["cat.png"], max_new_tokens=64, greedy=True)
 
-One call at a time per Pipeline: calls are serialised by a lock (the KV cache lives per call, the
-sessions are shared).
+Calls may overlap: threads sharing one Pipeline, or several open streams in one thread. Everything a call
+changes (its KV cache, IO binding, sampler state) is its own; what they share is read-only during a call
+(onnxruntime sessions, whose run() is thread-safe, the tokenizer and the configs).
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,7 +64,6 @@ class Pipeline:
         self.image_config = ImageProcessorConfig.from_dir(self.export_dir)
         self.sampling = SamplingConfig.from_dir(self.export_dir)
         self.max_context = int(model["text"].get("max_position_embeddings", 0)) or None
-        self._lock = threading.Lock()
 
     def prepare(self, prompt: str, images=(), video=None) -> PreparedPrompt:
         """Render the chat template, expand placeholders, preprocess media, compute M-RoPE positions."""
@@ -105,33 +104,32 @@ class Pipeline:
         cfg.validate()
         if max_new_tokens < 1:
             raise QvlError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        with self._lock:
-            prepared = self.prepare(prompt, images, video)
-            seq = len(prepared.input_ids)
-            if self.max_context and seq + max_new_tokens > self.max_context:
-                raise QvlError(f"prompt of {seq} tokens + {max_new_tokens} new tokens exceeds the context of "
-                               f"{self.max_context} tokens")
-            visual = deepstack = None
-            if prepared.pixel_values is not None:
-                out = self.vision(prepared.pixel_values, prepared.grid_thw)
-                visual, deepstack = out.image_embeds, out.deepstack_embeds
-            # Filled in place (no copy per token) unless the export predates the attention_mask input.
-            cache = self.decoder.empty_cache(capacity=seq + max_new_tokens if self.decoder.supports_in_place else None)
-            logits, cache = self.decoder.forward(prepared.input_ids[None], prepared.position_ids[:, None],
-                                                 cache, visual, deepstack)
-            rng = np.random.default_rng(seed)
-            history = list(prepared.input_ids)
-            generated: list[int] = []
-            next_position = seq + prepared.rope_delta
-            for step in range(max_new_tokens):
-                token = next_token(logits[0, -1], history, cfg, rng)
-                generated.append(token)
-                history.append(token)
-                yield token, self.tokenizer.decode(generated, skip_special_tokens=True)
-                if token in cfg.eos_token_ids or step == max_new_tokens - 1:
-                    break
-                position = np.full((3, 1, 1), next_position + step, np.int64)
-                logits, cache = self.decoder.forward(np.array([[token]]), position, cache)
+        prepared = self.prepare(prompt, images, video)
+        seq = len(prepared.input_ids)
+        if self.max_context and seq + max_new_tokens > self.max_context:
+            raise QvlError(f"prompt of {seq} tokens + {max_new_tokens} new tokens exceeds the context of "
+                           f"{self.max_context} tokens")
+        visual = deepstack = None
+        if prepared.pixel_values is not None:
+            out = self.vision(prepared.pixel_values, prepared.grid_thw)
+            visual, deepstack = out.image_embeds, out.deepstack_embeds
+        # Filled in place (no copy per token) unless the export predates the attention_mask input.
+        cache = self.decoder.empty_cache(capacity=seq + max_new_tokens if self.decoder.supports_in_place else None)
+        logits, cache = self.decoder.forward(prepared.input_ids[None], prepared.position_ids[:, None],
+                                             cache, visual, deepstack)
+        rng = np.random.default_rng(seed)
+        history = list(prepared.input_ids)
+        generated: list[int] = []
+        next_position = seq + prepared.rope_delta
+        for step in range(max_new_tokens):
+            token = next_token(logits[0, -1], history, cfg, rng)
+            generated.append(token)
+            history.append(token)
+            yield token, self.tokenizer.decode(generated, skip_special_tokens=True)
+            if token in cfg.eos_token_ids or step == max_new_tokens - 1:
+                break
+            position = np.full((3, 1, 1), next_position + step, np.int64)
+            logits, cache = self.decoder.forward(np.array([[token]]), position, cache)
 
     def generate(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
                  seed: int | None = None, sampling: SamplingConfig | None = None) -> GenerationResult:

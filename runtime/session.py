@@ -10,10 +10,14 @@ from qvl_compile.errors import QvlError
 from qvl_compile.manifest import SOURCE_KEY
 
 
-def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0) -> ort.InferenceSession:
+def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
+                 mem_pattern: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (one per core)
+    # Memory patterns are cached per input shape and never evicted: with a new sequence length every
+    # step they grew resident memory by 5 MiB per 2,000 tokens on the tiny model (bench/memory_growth.py).
+    options.enable_mem_pattern = mem_pattern
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
