@@ -259,4 +259,4 @@ def generate(export_dir: Path, prompt: str, images: tuple[Path, ...], video: Pat
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="qvl-compile")

@@ -176,6 +176,10 @@ def gen(export: Path, *extra: object) -> list[str]:
     return ["generate", str(export), *map(str, extra)] + (["--prompt", "Describe."] if "--prompt" not in extra else [])
 
 
+def as_qwen2_vl(raw: dict) -> None:
+    raw.update(model_type="qwen2_vl", architectures=["Qwen2VLForConditionalGeneration"])
+
+
 RUNTIME_CASES = [
     BadInput("export-missing", "runtime", "export folder that does not exist",
              lambda c: gen(c.tmp / "nope"), "does not exist",
@@ -272,9 +276,9 @@ EXPORT_CASES = [
              lambda c: ["export", text_file(c, "config.json", "{oops").parent, c.tmp / "out"], "not valid JSON",
              lambda c: export_api(text_file(c, "config.json", "{oops").parent, c.tmp / "out")),
     BadInput("model-other-arch", "export", "a Qwen2-VL checkpoint (model_type qwen2_vl)",
-             lambda c: ["export", edited_checkpoint(c, "qwen2", lambda r: r.update(model_type="qwen2_vl")), c.tmp / "o"],
+             lambda c: ["export", edited_checkpoint(c, "qwen2", as_qwen2_vl), c.tmp / "o"],
              "model_type 'qwen2_vl'", needs=("tiny",),
-             api=lambda c: export_api(edited_checkpoint(c, "qwen2", lambda r: r.update(model_type="qwen2_vl")),
+             api=lambda c: export_api(edited_checkpoint(c, "qwen2", as_qwen2_vl),
                                       c.tmp / "o")),
     BadInput("model-temporal-patch", "export", "vision_config.temporal_patch_size 3",
              lambda c: ["export", edited_checkpoint(c, "tp3", lambda r: r["vision_config"].update(temporal_patch_size=3)),
