@@ -201,6 +201,53 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--component", type=click.Choice(["vision"]), default="vision", show_default=True)
+@click.option("--rewritten", is_flag=True, help="Walk our rewritten tower instead of transformers' stock one; "
+                                                "exit 1 unless everything exports, loads and matches.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.option("--exporter", "exporters", multiple=True, type=click.Choice(["torchscript", "dynamo"]),
+              help="Only these exporters (repeatable; default both).")
+@click.option("--whole-only", is_flag=True, help="Only the whole model, not every submodule.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here too.")
+@handle_errors
+def analyze(model_dir: Path, component: str, rewritten: bool, fmt: str, exporters: tuple[str, ...],
+            whole_only: bool, output: Path | None) -> None:
+    """Try every submodule of the vision tower with the TorchScript and dynamo ONNX exporters.
+
+    Inputs come from a forward pass of the whole model (hooks); each export is loaded and run in ONNX
+    Runtime and compared with PyTorch at the recorded shape and at a second one (baked-in shapes fail
+    there). The report ends with the data-dependent Python constructs found in the code that runs.
+    """
+    from qvl_compile.export.analysis.probe import EXPORTERS
+    from qvl_compile.export.analysis.report import render, verdict
+    from qvl_compile.export.analysis.study import analyze as run_analysis
+
+    quiet_libraries()
+    bar = None
+
+    def progress(done: int, total: int, label: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="probing", file=sys.stderr, show_pos=True)
+            bar.__enter__()
+        bar.update(done - bar.pos, current_item=label)
+
+    try:
+        report = run_analysis(model_dir, rewritten=rewritten, exporters=exporters or EXPORTERS,
+                              modules=not whole_only, progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    text = render(report, fmt)
+    click.echo(text)
+    if output:
+        output.write_text(text + ("" if text.endswith("\n") else "\n"))
+    if rewritten and not verdict(report).startswith("clean"):
+        _fail(f"the rewritten tower is not clean: {verdict(report)}")
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["vision", "positions", "decoder", "preprocess",
                                                                     "generate"]),

@@ -1,0 +1,1 @@
+"""`qvl-compile analyze`: the module-by-module export study of the vision tower, automated."""
