@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,9 @@ import torch
 
 from qvl_compile.export.analysis.calls import record_calls
 from qvl_compile.export.analysis.constructs import find_constructs
-from qvl_compile.export.analysis.probe import EXPORTERS, probe_module, quiet_exporters
+from qvl_compile.errors import QvlError
+from qvl_compile.export.analysis.probe import (EXPORTERS, Probe, probe_module, quiet_exporters,
+                                               shared_torchlib_registry)
 from qvl_compile.export.grids import random_pixels
 from qvl_compile.golden.reference import load_vision_model
 
@@ -34,39 +39,33 @@ def _inputs(grid, patch_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def analyze(model_dir: str | Path, rewritten: bool = False, exporters: tuple[str, ...] = EXPORTERS,
-            modules: bool = True, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """The report as a dict (see report.py for its renderings)."""
-    from qvl_compile.rewrite.vision import RewrittenVisionTower
-
+            modules: bool = True, progress: Callable[[int, int, str], None] | None = None,
+            jobs: int | None = None) -> dict[str, Any]:
+    """The report as a dict (see report.py for its renderings). `jobs` worker processes share the probes
+    (default: one per core, at most 2); each loads the model and records the same inputs itself."""
     start = time.perf_counter()
-    quiet_exporters()
     unknown = set(exporters) - set(EXPORTERS)
     if unknown:
-        from qvl_compile.errors import QvlError
-
         raise QvlError(f"--exporter: expected {' or '.join(EXPORTERS)}, got {', '.join(sorted(unknown))}")
-    hf_visual = load_vision_model(model_dir)
-    model = RewrittenVisionTower(hf_visual).eval() if rewritten else hf_visual
-    patch_dim = int(hf_visual.config.in_channels * hf_visual.config.temporal_patch_size
-                    * hf_visual.config.patch_size ** 2)
-    first = record_calls(model, _inputs(FIRST_GRID, patch_dim, seed=0))
-    second = record_calls(model, _inputs(SECOND_GRID, patch_dim, seed=1))
+    jobs = jobs or min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        raise QvlError(f"--jobs: expected at least 1, got {jobs}")
+    model, hf_visual, first, second = _prepare(model_dir, rewritten)
     named = [(n, m) for n, m in model.named_modules() if n] if modules else []
     named.append(("", model))  # the whole model last
-    total = len(named) * len(exporters)
-    probes, skipped = [], []
-    for name, module in named:
-        if name not in first:
-            skipped.append({"module": name, "type": type(module).__name__,
-                            "reason": "container, never called (its children are probed)"})
-            continue
-        for exporter in exporters:
+    skipped = [{"module": n, "type": type(m).__name__, "reason": "container, never called (its children are probed)"}
+               for n, m in named if n not in first]
+    tasks = [(n, e) for n, _ in named if n in first for e in exporters]
+    if jobs == 1 or len(tasks) < 2 * jobs:
+        _init_worker(model_dir, rewritten, prepared=(model, hf_visual, first, second))
+        results = []
+        for done, task in enumerate(tasks):
             if progress:
-                progress(len(probes) + len(skipped) * len(exporters), total, f"{exporter} {name or '(whole model)'}")
-            probe = probe_module(name, module, first[name], second.get(name), exporter)
-            log.debug("%s %s: %s", exporter, name or "(whole model)", probe.outcome)
-            probes.append(probe)
-    rows = [dataclasses.asdict(p) | {"outcome": p.outcome} for p in probes]
+                progress(done, len(tasks), f"{task[1]} {task[0] or '(whole model)'}")
+            results.append(_probe_task(task))
+    else:
+        results = _probe_in_workers(model_dir, rewritten, tasks, jobs, progress)
+    rows = [dataclasses.asdict(p) | {"outcome": p.outcome} for p in results]
     return {
         "model_dir": str(Path(model_dir).absolute()),
         "model": "rewritten (qvl_compile.rewrite.vision.RewrittenVisionTower)" if rewritten
@@ -80,7 +79,58 @@ def analyze(model_dir: str | Path, rewritten: bool = False, exporters: tuple[str
         "summary": summarize(rows),
         "constructs": [dataclasses.asdict(c) for c in find_constructs(model)],
         "seconds": round(time.perf_counter() - start, 1),
+        "jobs": jobs,
     }
+
+
+def _prepare(model_dir, rewritten: bool):
+    """(model to walk, stock tower, calls at the first grid, calls at the second grid)."""
+    from qvl_compile.rewrite.vision import RewrittenVisionTower
+
+    hf_visual = load_vision_model(model_dir)
+    model = RewrittenVisionTower(hf_visual).eval() if rewritten else hf_visual
+    config = hf_visual.config
+    patch_dim = int(config.in_channels * config.temporal_patch_size * config.patch_size ** 2)
+    first = record_calls(model, _inputs(FIRST_GRID, patch_dim, seed=0))
+    second = record_calls(model, _inputs(SECOND_GRID, patch_dim, seed=1))
+    return model, hf_visual, first, second
+
+
+_WORKER: dict[str, Any] = {}  # per process: the model, its modules and recorded calls
+
+
+def _init_worker(model_dir, rewritten: bool, prepared=None, threads: int | None = None) -> None:
+    quiet_exporters()
+    if threads:
+        torch.set_num_threads(threads)
+    model, _, first, second = prepared or _prepare(model_dir, rewritten)
+    _WORKER.update(modules=dict(model.named_modules()), first=first, second=second)
+
+
+def _probe_task(task: tuple[str, str]) -> Probe:
+    name, exporter = task
+    with shared_torchlib_registry():
+        probe = probe_module(name, _WORKER["modules"][name], _WORKER["first"][name], _WORKER["second"].get(name),
+                             exporter)
+    log.debug("%s %s: %s", exporter, name or "(whole model)", probe.outcome)
+    return probe
+
+
+def _probe_in_workers(model_dir, rewritten: bool, tasks, jobs: int, progress) -> list[Probe]:
+    """Spawned workers (fork is unsafe once torch's thread pools exist); results back in task order."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    results: dict[int, Probe] = {}
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(str(model_dir), rewritten, None, threads)) as pool:
+        futures = {pool.submit(_probe_task, task): i for i, task in enumerate(tasks)}
+        for done, future in enumerate(as_completed(futures)):
+            index = futures[future]
+            results[index] = future.result()
+            if progress:
+                name, exporter = tasks[index]
+                progress(done + 1, len(tasks), f"{exporter} {name or '(whole model)'}")
+    return [results[i] for i in range(len(tasks))]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
