@@ -63,7 +63,8 @@ def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,
+                      attention: str = "sdpa") -> torch.nn.Module:
     """transformers' `Qwen3VLVisionModel` with the checkpoint's vision weights, eval mode, `dtype`."""
     from transformers import AutoConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
@@ -71,7 +72,7 @@ def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32)
     model_dir = Path(model_dir)
     ModelConfig.from_dir(model_dir)  # clear errors for a wrong folder or unsupported config
     config = AutoConfig.from_pretrained(model_dir).vision_config
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention  # "sdpa" (the reference) or "eager"
     with torch.device("meta"):
         model = Qwen3VLVisionModel._from_config(config)
     state = load_tensors(model_dir, VISION_PREFIX)

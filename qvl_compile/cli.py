@@ -212,9 +212,11 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here too.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes sharing the probes (default: one per core, at most 2).")
+@click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True,
+              help="transformers' attention implementation for the stock tower (the seed study used eager).")
 @handle_errors
 def analyze(model_dir: Path, component: str, rewritten: bool, fmt: str, exporters: tuple[str, ...],
-            whole_only: bool, output: Path | None, jobs: int | None) -> None:
+            whole_only: bool, output: Path | None, jobs: int | None, attention: str) -> None:
     """Try every submodule of the vision tower with the TorchScript and dynamo ONNX exporters.
 
     Inputs come from a forward pass of the whole model (hooks); each export is loaded and run in ONNX
@@ -237,7 +239,7 @@ def analyze(model_dir: Path, component: str, rewritten: bool, fmt: str, exporter
 
     try:
         report = run_analysis(model_dir, rewritten=rewritten, exporters=exporters or EXPORTERS,
-                              modules=not whole_only, progress=progress, jobs=jobs)
+                              modules=not whole_only, progress=progress, jobs=jobs, attention=attention)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -81,6 +81,11 @@ def test_cli_exit_codes(tiny_dir, tmp_path):
                            capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert json.loads(clean.stdout)["summary"]["whole_model"] == {"dynamo": "ok"}
+    eager = subprocess.run(cli + ["--exporter", "torchscript", "--attention", "eager", "--format", "json"],
+                           capture_output=True, text=True)
+    assert eager.returncode == 0, eager.stderr[-2000:]
+    report = json.loads(eager.stdout)
+    assert report["attention"] == "eager" and report["summary"]["whole_model"]["torchscript"] != "ok"
     out = tmp_path / "report.md"
     stock = subprocess.run(cli + ["--exporter", "torchscript", "--format", "markdown", "--output", str(out)],
                            capture_output=True, text=True)

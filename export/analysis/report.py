@@ -62,7 +62,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
 
 def _header(report: dict[str, Any]) -> list[str]:
     v = report["versions"]
-    return [f"model: {report['model']} from {report['model_dir']}",
+    return [f"model: {report['model']} from {report['model_dir']}, attention {report.get('attention', 'sdpa')}",
             f"versions: torch {v['torch']}, transformers {v['transformers']}, onnxruntime {v['onnxruntime']}",
             f"shapes: first grid_thw {report['grids']['first']}, second {report['grids']['second']}; "
             f"{report['seconds']} s",

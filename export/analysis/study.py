@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # sizes, two images): a graph that baked the first shape in fails there.
 FIRST_GRID = ((1, 6, 8),)
 SECOND_GRID = ((1, 4, 10), (1, 6, 6))
+ATTENTIONS = ("sdpa", "eager")
 
 
 def _versions() -> dict[str, str]:
@@ -40,9 +41,10 @@ def _inputs(grid, patch_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 def analyze(model_dir: str | Path, rewritten: bool = False, exporters: tuple[str, ...] = EXPORTERS,
             modules: bool = True, progress: Callable[[int, int, str], None] | None = None,
-            jobs: int | None = None) -> dict[str, Any]:
+            jobs: int | None = None, attention: str = "sdpa") -> dict[str, Any]:
     """The report as a dict (see report.py for its renderings). `jobs` worker processes share the probes
-    (default: one per core, at most 2); each loads the model and records the same inputs itself."""
+    (default: one per core, at most 2); each loads the model and records the same inputs itself.
+    `attention` is transformers' attention implementation for the stock tower ("sdpa" or "eager")."""
     start = time.perf_counter()
     unknown = set(exporters) - set(EXPORTERS)
     if unknown:
@@ -50,27 +52,30 @@ def analyze(model_dir: str | Path, rewritten: bool = False, exporters: tuple[str
     jobs = jobs or min(2, os.cpu_count() or 1)
     if jobs < 1:
         raise QvlError(f"--jobs: expected at least 1, got {jobs}")
-    model, hf_visual, first, second = _prepare(model_dir, rewritten)
+    if attention not in ATTENTIONS:
+        raise QvlError(f"--attention: expected {' or '.join(ATTENTIONS)}, got {attention!r}")
+    model, hf_visual, first, second = _prepare(model_dir, rewritten, attention)
     named = [(n, m) for n, m in model.named_modules() if n] if modules else []
     named.append(("", model))  # the whole model last
     skipped = [{"module": n, "type": type(m).__name__, "reason": "container, never called (its children are probed)"}
                for n, m in named if n not in first]
     tasks = [(n, e) for n, _ in named if n in first for e in exporters]
     if jobs == 1 or len(tasks) < 2 * jobs:
-        _init_worker(model_dir, rewritten, prepared=(model, hf_visual, first, second))
+        _init_worker(model_dir, rewritten, attention, prepared=(model, hf_visual, first, second))
         results = []
         for done, task in enumerate(tasks):
             if progress:
                 progress(done, len(tasks), f"{task[1]} {task[0] or '(whole model)'}")
             results.append(_probe_task(task))
     else:
-        results = _probe_in_workers(model_dir, rewritten, tasks, jobs, progress)
+        results = _probe_in_workers(model_dir, rewritten, attention, tasks, jobs, progress)
     rows = [dataclasses.asdict(p) | {"outcome": p.outcome} for p in results]
     return {
         "model_dir": str(Path(model_dir).absolute()),
         "model": "rewritten (qvl_compile.rewrite.vision.RewrittenVisionTower)" if rewritten
         else f"stock ({type(hf_visual).__module__}.{type(hf_visual).__name__})",
         "rewritten": rewritten,
+        "attention": attention,
         "versions": _versions(),
         "grids": {"first": [list(g) for g in FIRST_GRID], "second": [list(g) for g in SECOND_GRID]},
         "exporters": list(exporters),
@@ -83,11 +88,11 @@ def analyze(model_dir: str | Path, rewritten: bool = False, exporters: tuple[str
     }
 
 
-def _prepare(model_dir, rewritten: bool):
+def _prepare(model_dir, rewritten: bool, attention: str):
     """(model to walk, stock tower, calls at the first grid, calls at the second grid)."""
     from qvl_compile.rewrite.vision import RewrittenVisionTower
 
-    hf_visual = load_vision_model(model_dir)
+    hf_visual = load_vision_model(model_dir, attention=attention)
     model = RewrittenVisionTower(hf_visual).eval() if rewritten else hf_visual
     config = hf_visual.config
     patch_dim = int(config.in_channels * config.temporal_patch_size * config.patch_size ** 2)
@@ -99,11 +104,11 @@ def _prepare(model_dir, rewritten: bool):
 _WORKER: dict[str, Any] = {}  # per process: the model, its modules and recorded calls
 
 
-def _init_worker(model_dir, rewritten: bool, prepared=None, threads: int | None = None) -> None:
+def _init_worker(model_dir, rewritten: bool, attention: str, prepared=None, threads: int | None = None) -> None:
     quiet_exporters()
     if threads:
         torch.set_num_threads(threads)
-    model, _, first, second = prepared or _prepare(model_dir, rewritten)
+    model, _, first, second = prepared or _prepare(model_dir, rewritten, attention)
     _WORKER.update(modules=dict(model.named_modules()), first=first, second=second)
 
 
@@ -116,13 +121,13 @@ def _probe_task(task: tuple[str, str]) -> Probe:
     return probe
 
 
-def _probe_in_workers(model_dir, rewritten: bool, tasks, jobs: int, progress) -> list[Probe]:
+def _probe_in_workers(model_dir, rewritten: bool, attention: str, tasks, jobs: int, progress) -> list[Probe]:
     """Spawned workers (fork is unsafe once torch's thread pools exist); results back in task order."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
     results: dict[int, Probe] = {}
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(str(model_dir), rewritten, None, threads)) as pool:
+                             initargs=(str(model_dir), rewritten, attention, None, threads)) as pool:
         futures = {pool.submit(_probe_task, task): i for i, task in enumerate(tasks)}
         for done, future in enumerate(as_completed(futures)):
             index = futures[future]
