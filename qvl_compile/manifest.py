@@ -45,15 +45,18 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(folder: str | Path, name: str, hashes: bool = False) -> tuple[Path, dict[str, Any]]:
-    """(graph path, manifest entry) of artifact `name`, after checking its files' sizes (and hashes)."""
+def load_artifact(folder: str | Path, name: str,
+                  hashes: bool = False) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(graph path, manifest entry, whole manifest) of artifact `name`, after checking its files' sizes
+    (and hashes) and that it comes from the manifest's source checkpoint."""
     folder = Path(folder)
-    artifact = read_manifest(folder).get("artifacts", {}).get(name)
+    manifest = read_manifest(folder)
+    artifact = manifest.get("artifacts", {}).get(name)
     if artifact is None:
         raise QvlError(f"{folder}: the manifest lists no {name} artifact (export with --component {name})")
     check_files(folder, artifact["files"], hashes=hashes)
-    check_same_source(folder, name, artifact, read_manifest(folder))
-    return folder / artifact["files"][0]["path"], artifact
+    check_same_source(folder, name, artifact, manifest)
+    return folder / artifact["files"][0]["path"], artifact, manifest
 
 
 def check_same_source(folder: Path, name: str, artifact: dict[str, Any], manifest: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from qvl_compile.errors import QvlError
-from qvl_compile.manifest import load_artifact, read_manifest
+from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import check_source_stamp, make_session
 
 
@@ -67,10 +67,10 @@ class TextDecoder:
     @classmethod
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                     verify_hashes: bool = False) -> "TextDecoder":
-        graph, artifact = load_artifact(export_dir, "decoder", hashes=verify_hashes)
+        graph, artifact, manifest = load_artifact(export_dir, "decoder", hashes=verify_hashes)
         decoder = cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
         check_source_stamp(decoder.session, artifact, graph)
-        model = read_manifest(export_dir)["model"]
+        model = manifest["model"]
         decoder.placeholder_ids = (int(model["image_token_id"]), int(model["video_token_id"]))
         return decoder
 

@@ -18,7 +18,7 @@ from types import FunctionType
 
 from torch import nn
 
-from qvl_compile.export.analysis.probe import _where
+from qvl_compile.export.analysis.probe import source_location
 
 LOOP_HINTS = ("grid", "cu_seqlens", "lengths", "tolist", "split")
 
@@ -83,7 +83,7 @@ def _scan_function(fn, found: dict, visited: set, depth: int) -> None:
         line = start + node.lineno - 1
         key = (kind, filename, line)
         if key not in found:
-            found[key] = Construct(kind, _where(filename, line), name, _source_text(node, lines))
+            found[key] = Construct(kind, source_location(filename, line), name, _source_text(node, lines))
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):

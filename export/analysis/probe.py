@@ -65,11 +65,11 @@ def _first_line(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(inner.__traceback__)
               if ("transformers" in f.filename or "qvl_compile" in f.filename or "/rewrite/" in f.filename)
               and "analysis" not in f.filename]
-    where = f" (at {_where(frames[-1].filename, frames[-1].lineno)})" if frames else ""
+    where = f" (at {source_location(frames[-1].filename, frames[-1].lineno)})" if frames else ""
     return f"{type(inner).__name__}: {line[:300]}{where}"
 
 
-def _where(filename: str, lineno: int) -> str:
+def source_location(filename: str, lineno: int) -> str:
     parts = Path(filename).parts
     for anchor in ("site-packages", "qvl_compile", "main"):
         if anchor in parts:
@@ -120,7 +120,7 @@ def _export(flat: FlatModule, leaves: list[torch.Tensor], dims: list[list[int]],
     found = []
     for w in caught:
         if w.category.__name__ == "TracerWarning":
-            entry = f"{_where(w.filename, w.lineno)}: {str(w.message).splitlines()[0][:160]}"
+            entry = f"{source_location(w.filename, w.lineno)}: {str(w.message).splitlines()[0][:160]}"
             if entry not in found:
                 found.append(entry)
     return found
@@ -226,6 +226,7 @@ def shared_torchlib_registry():
     except (ImportError, AttributeError, KeyError):
         yield
         return
+
     def from_torchlib(cls, *args, **kwargs):
         key = repr((args, sorted(kwargs.items())))
         if key not in _BUILT_REGISTRIES:
