@@ -92,7 +92,7 @@ class Torch:
     def __init__(self, model_dir: Path, threads: int):
         import torch
 
-        from qvl_compile.export.decoder import load_full_model
+        from qvl_compile.families.qwen3_vl.loaders import load_full_model
 
         torch.set_num_threads(threads)
         self.torch, self.model = torch, load_full_model(model_dir)

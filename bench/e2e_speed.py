@@ -38,7 +38,7 @@ def _ours(export_dir: str, threads: int):
     from qvl_compile.runtime.rope_index import mrope_position_ids
     from qvl_compile.runtime.vision import VisionEncoder
 
-    model = read_manifest(export_dir)["model"]
+    model = read_manifest(export_dir).model
     vision = VisionEncoder.from_export(export_dir, intra_op_threads=threads)
     decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads)
     config = ImageProcessorConfig.from_dir(export_dir)
@@ -69,9 +69,9 @@ def _torch(model_dir: str, threads: int):
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from qvl_compile.export.decoder import load_full_model
-    from qvl_compile.golden.decoder_reference import with_token_types
-    from qvl_compile.golden.reference import load_image_processor
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
+    from qvl_compile.families.qwen3_vl.reference import with_token_types
+    from qvl_compile.families.qwen3_vl.loaders import load_image_processor
 
     torch.set_num_threads(threads)
     model = load_full_model(Path(model_dir))

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    model = read_manifest(args.export_dir)["model"]
+    model = read_manifest(args.export_dir).model
     vision = VisionEncoder.from_export(args.export_dir, intra_op_threads=args.threads)
     decoder = TextDecoder.from_export(args.export_dir, intra_op_threads=args.threads)
     cfg = ImageProcessorConfig(16, 2, 2, 65536, 16777216, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

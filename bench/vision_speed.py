@@ -38,7 +38,7 @@ def _worker(kind: str, path: str, threads: int, conn) -> None:
     if kind == "torch":
         import torch
 
-        from qvl_compile.golden.reference import load_vision_model, reference_vision
+        from qvl_compile.families.qwen3_vl.loaders import load_vision_model, reference_vision
 
         torch.set_num_threads(threads)
         model = load_vision_model(path)

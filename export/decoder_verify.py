@@ -18,8 +18,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from qvl_compile.contract import CPU_FP32, DecoderShape, Target
 from qvl_compile.errors import QvlError
-from qvl_compile.golden.decoder_reference import build_prompt, run_reference
+from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE, int4_tolerance, max_rel, quantizes_activations
+from qvl_compile.registry import Family
 from qvl_compile.runtime.decoder import TextDecoder
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,6 @@ PARITY_PROMPT = (
     ("text", 5), ("image", (1, 4, 6)), ("text", 2), ("image", (1, 6, 4)), ("text", 3), ("video", (2, 4, 4)),
     ("text", 8),
 )
-# fp32 graph vs fp32 eager: summation order only. int4 graph vs fake-quant eager: the kernels'
-# blockwise dequantization order (and, at accuracy_level 4, int8 activations) on top of that.
-FP32_TOLERANCE = 1e-4
-INT4_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -63,16 +61,11 @@ def visual_inputs(stack) -> tuple[np.ndarray | None, np.ndarray | None]:
     return stack.inputs_embeds[stack.visual_mask].numpy(), stack.deepstack.numpy()
 
 
-def _rel(got: np.ndarray, ref: np.ndarray) -> float:
-    if got.shape != ref.shape:
-        return float("inf")
-    return float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max() / (np.abs(ref).max() or 1.0))
-
-
-def decoder_parity(decoder: TextDecoder, reference_model, steps: int = 16, tolerance: float = FP32_TOLERANCE,
-                   seed: int = 0, zero_deepstack: bool = False, parts=PARITY_PROMPT) -> DecoderParity:
-    prompt = build_prompt(reference_model.config, list(parts), seed=seed)
-    ref_prefill, calls = run_reference(reference_model, prompt, [])
+def decoder_parity(decoder: TextDecoder, reference_model, family: Family, steps: int = 16,
+                   tolerance: float = FP32_TOLERANCE, seed: int = 0, zero_deepstack: bool = False,
+                   parts=PARITY_PROMPT) -> DecoderParity:
+    prompt = family.build_prompt(reference_model.config, list(parts), seed=seed)
+    ref_prefill, calls = family.run_reference(reference_model, prompt, [])
     stack = calls[0]
     visual, deepstack = visual_inputs(stack)
     if zero_deepstack and deepstack is not None:
@@ -80,7 +73,7 @@ def decoder_parity(decoder: TextDecoder, reference_model, steps: int = 16, toler
     seq = prompt.input_ids.shape[1]
     logits, cache = decoder.forward(prompt.input_ids.numpy(), stack.position_ids.numpy(), decoder.empty_cache(),
                                     visual, deepstack, logit_positions=np.arange(seq))
-    prefill_rel = _rel(logits, ref_prefill[0].numpy())
+    prefill_rel = max_rel(logits, ref_prefill[0].numpy())
     tokens = [int(logits[0, -1].argmax())]
     step_logits = []
     next_position = int(stack.position_ids.max()) + 1
@@ -89,13 +82,13 @@ def decoder_parity(decoder: TextDecoder, reference_model, steps: int = 16, toler
         logits, cache = decoder.forward(np.array([[tokens[-1]]]), position, cache)
         step_logits.append(logits)
         tokens.append(int(logits[0, -1].argmax()))
-    ref_logits, ref_calls = run_reference(reference_model, prompt, tokens[:steps])
+    ref_logits, ref_calls = family.run_reference(reference_model, prompt, tokens[:steps])
     for step, call in enumerate(ref_calls[1:]):  # transformers' own decode positions must be ours
         if int(call.position_ids.flatten()[0]) != next_position + step:
             raise QvlError(f"decode step {step}: transformers used position {call.position_ids.flatten().tolist()}, "
                            f"the runtime {next_position + step}")
     ref_tokens = [int(l[0, -1].argmax()) for l in ref_logits]
-    steps_rel = [_rel(got, ref.numpy()) for got, ref in zip(step_logits, ref_logits[1:])]
+    steps_rel = [max_rel(got, ref.numpy()) for got, ref in zip(step_logits, ref_logits[1:])]
     return DecoderParity(prefill_rel, steps_rel, tokens, ref_tokens, tolerance)
 
 
@@ -123,35 +116,24 @@ def dequantize_matmul_nbits(node: onnx.NodeProto, initializers: dict[str, np.nda
     return weights.reshape(n, blocks * block)[:, :k]
 
 
-def fake_quant_reference(hf_model, graph_path, in_place: bool = False) -> torch.nn.Module:
+def fake_quant_reference(hf_model, graph_path, family: Family, in_place: bool = False) -> torch.nn.Module:
     """`hf_model` (a copy unless `in_place`) whose quantized linears hold the graph's dequantized INT4 weights."""
     model = onnx.load(str(graph_path), load_external_data=False)
     base_dir = str(Path(graph_path).parent)
     initializers = {t.name: numpy_helper.to_array(t, base_dir=base_dir) for t in model.graph.initializer
                     if t.name.endswith(("_Q4", "_scales", "_zero_points"))}
     ref = hf_model if in_place else copy.deepcopy(hf_model)
-    text = ref.model.language_model
     replaced = 0
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
         weight = torch.from_numpy(dequantize_matmul_nbits(node, initializers))
-        target = _module_for(ref, text, node.input[1])
+        target = family.projection_module(ref, node.input[1])
         target.weight = torch.nn.Parameter(weight, requires_grad=False)  # also unties a tied lm_head
         replaced += 1
     if not replaced:
         raise QvlError(f"{graph_path}: no MatMulNBits nodes to build a fake-quant reference from")
     return ref.eval()
-
-
-def _module_for(ref, text, initializer_name: str) -> torch.nn.Module:
-    """'layers.3.q_proj.weight_t_Q4' -> ref.model.language_model.layers[3].self_attn.q_proj."""
-    name = initializer_name.split(".weight_t")[0]
-    if name == "lm_head":
-        return ref.lm_head
-    _, index, proj = name.split(".")
-    layer = text.layers[int(index)]
-    return getattr(layer.self_attn if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp, proj)
 
 
 def with_accuracy_level(graph_path, level: int, out_path) -> None:
@@ -165,10 +147,10 @@ def with_accuracy_level(graph_path, level: int, out_path) -> None:
     onnx.save_model(model, str(out_path))
 
 
-def next_token_agreement(decoder: TextDecoder, reference_model, seed: int = 0) -> tuple[int, int]:
+def next_token_agreement(decoder: TextDecoder, reference_model, family: Family, seed: int = 0) -> tuple[int, int]:
     """(agreeing, total) argmax over every prefill position of the parity prompt."""
-    prompt = build_prompt(reference_model.config, list(PARITY_PROMPT), seed=seed)
-    ref, calls = run_reference(reference_model, prompt, [])
+    prompt = family.build_prompt(reference_model.config, list(PARITY_PROMPT), seed=seed)
+    ref, calls = family.run_reference(reference_model, prompt, [])
     stack = calls[0]
     seq = prompt.input_ids.shape[1]
     logits, _ = decoder.forward(prompt.input_ids.numpy(), stack.position_ids.numpy(), decoder.empty_cache(),
@@ -177,42 +159,52 @@ def next_token_agreement(decoder: TextDecoder, reference_model, seed: int = 0) -
     return agree, seq
 
 
-def verify_decoder_graph(path, hf_model, facts, mode: str, accuracy_level: int, steps: int = 16) -> dict:
+def verify_decoder_graph(path, hf_model, shape: DecoderShape, family: Family, mode: str, accuracy_level: int,
+                         target: Target = CPU_FP32, steps: int = 16) -> dict:
     """Raise on a parity failure; return the measured figures for the manifest.
 
     fp32: the graph against transformers. int4: against transformers carrying the graph's dequantized
-    weights (1e-3, identical greedy tokens) with fp32 activations; for accuracy levels 2-4 that check runs
-    on an accuracy_level 0 copy and the requested level is then measured and recorded.
+    weights (1e-3, identical greedy tokens) with fp32 activations. Levels that quantize activations
+    (`parity.quantizes_activations`) check the weights on an accuracy_level 0 copy first, then the requested
+    level against `parity.int4_tolerance(level)`; their greedy-token agreement is measured and recorded.
     """
-    path = Path(path)
+    path, providers = Path(path), [target.execution_provider]
     if mode == "fp32":
-        parity = decoder_parity(TextDecoder(path, facts), hf_model, steps, FP32_TOLERANCE)
+        parity = decoder_parity(TextDecoder(path, shape, providers), hf_model, family, steps, FP32_TOLERANCE)
         _raise_unless(parity, "fp32 decoder vs transformers")
         return {"vs_transformers": parity.summary()}
-    reference = fake_quant_reference(hf_model, path, in_place=True)  # the caller's copy is not used again
-    if accuracy_level <= 1:  # 0 (unset) and 1 both keep fp32 activations: check the graph as it is
-        parity = decoder_parity(TextDecoder(path, facts), reference, steps, INT4_TOLERANCE)
+    reference = fake_quant_reference(hf_model, path, family, in_place=True)  # the caller's copy is not used again
+    if not quantizes_activations(accuracy_level):  # check the graph as it is
+        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, INT4_TOLERANCE)
         _raise_unless(parity, f"int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers")
         return {f"accuracy_level_{accuracy_level}_vs_fake_quant": parity.summary()}
-    # Levels 2-4 quantize activations: check the weights on an fp32-activation copy, then measure the level.
-    exact_path = path.with_name("decoder.accuracy0.onnx")
-    with_accuracy_level(path, 0, exact_path)
-    try:
-        parity = decoder_parity(TextDecoder(exact_path, facts), reference, steps, INT4_TOLERANCE)
-    finally:
-        exact_path.unlink(missing_ok=True)
-    _raise_unless(parity, "int4 weights (accuracy_level 0) vs fake-quant transformers")
+    exact = _exact_weights_parity(path, reference, shape, family, providers, steps)
     gc.collect()  # release the first session's weights before loading the second
-    decoder = TextDecoder(path, facts)
-    level = decoder_parity(decoder, reference, steps, INT4_TOLERANCE)
-    agree, total = next_token_agreement(decoder, reference)
-    if not level.passed or agree != total:
+    decoder = TextDecoder(path, shape, providers)
+    level = decoder_parity(decoder, reference, family, steps, int4_tolerance(accuracy_level))
+    if not level.worst <= level.tolerance:
+        _raise_unless(level, f"int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers")
+    agree, total = next_token_agreement(decoder, reference, family)
+    if level.onnx_tokens != level.reference_tokens or agree != total:
         log.warning("accuracy_level %d: logits within %.1e of the fake-quant reference, greedy tokens %s, "
                     "next-token agreement %d/%d; accuracy_level 0 or 1 keeps fp32 activations",
                     accuracy_level, level.worst, "identical" if level.onnx_tokens == level.reference_tokens
                     else "differ", agree, total)
-    return {"accuracy_level_0_vs_fake_quant": parity.summary(),
+    return {"accuracy_level_0_vs_fake_quant": exact.summary(),
             f"accuracy_level_{accuracy_level}_vs_fake_quant": level.summary() | {"prefill_argmax_agreement": [agree, total]}}
+
+
+def _exact_weights_parity(path: Path, reference, shape: DecoderShape, family: Family, providers: list[str],
+                          steps: int) -> DecoderParity:
+    """The INT4 weights checked on an accuracy_level 0 copy (fp32 activations) of the graph; raises on failure."""
+    exact_path = path.with_name("decoder.accuracy0.onnx")
+    with_accuracy_level(path, 0, exact_path)
+    try:
+        parity = decoder_parity(TextDecoder(exact_path, shape, providers), reference, family, steps, INT4_TOLERANCE)
+    finally:
+        exact_path.unlink(missing_ok=True)
+    _raise_unless(parity, "int4 weights (accuracy_level 0) vs fake-quant transformers")
+    return parity
 
 
 def _raise_unless(parity: DecoderParity, what: str) -> None:

@@ -1,9 +1,9 @@
 """The named grid matrix: export at one grid, verify at the others."""
 from __future__ import annotations
 
-import numpy as np
+from qvl_compile.parity import random_pixels
 
-from qvl_compile.golden.store import pixels_from_seed
+__all__ = ["EXPORT_GRID", "GRID_MATRIX", "parse_grid", "random_pixels"]
 
 # Grid rows are (t, h, w) in patches; h and w are multiples of the merge size 2.
 EXPORT_GRID = ((1, 6, 8), (2, 4, 6))
@@ -18,12 +18,6 @@ GRID_MATRIX: dict[str, tuple[tuple[int, int, int], ...]] = {
     "three mixed images": ((1, 8, 8), (1, 4, 14), (1, 12, 6)),
     "image + video": ((1, 10, 8), (2, 6, 6)),
 }
-
-
-def random_pixels(grid, patch_dim: int, seed: int) -> np.ndarray:
-    """Pixel rows in the processor's normalised range [-1, 1], one per patch of `grid`."""
-    rows = int(np.prod(np.asarray(grid, dtype=np.int64), axis=1).sum())
-    return pixels_from_seed(rows, patch_dim, seed)
 
 
 def parse_grid(text: str) -> tuple[tuple[int, int, int], ...]:

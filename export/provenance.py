@@ -10,14 +10,14 @@ import onnx
 from qvl_compile.manifest import SOURCE_KEY, file_record
 
 
-def stamp_source(work_dir: Path, artifact: dict[str, Any], digest: str) -> dict[str, Any]:
-    """Write `digest` into the artifact's graph metadata; return the artifact with fresh file records."""
-    path = work_dir / artifact["files"][0]["path"]
+def stamp_source(work_dir: Path, fields: dict[str, Any], digest: str) -> dict[str, Any]:
+    """Write `digest` into the graph's metadata; return the artifact fields with fresh file records."""
+    path = work_dir / fields["files"][0].path
     model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
     kept = [prop for prop in model.metadata_props if prop.key != SOURCE_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=SOURCE_KEY, value=digest)
     onnx.save_model(model, str(path))
-    files = [file_record(work_dir, record["path"]) for record in artifact["files"]]
-    return artifact | {"source_sha256": digest, "files": files}
+    files = [file_record(work_dir, record.path) for record in fields["files"]]
+    return fields | {"source_sha256": digest, "files": files}

@@ -20,6 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from qvl_compile.parity import max_abs, max_rel, pixels_from_seed
+
+__all__ = ["Case", "EXACT", "GoldenMismatch", "Tolerance", "array_digest", "decoded_digest", "load_cases",
+           "media_path", "pixels_from_seed", "read_index", "write_case"]
+
 GOLDEN_FORMAT = "qvl-compile-golden/1"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 INDEX_NAME = "index.json"
@@ -37,11 +42,6 @@ def array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def pixels_from_seed(rows: int, patch_dim: int, seed: int) -> np.ndarray:
-    """Pixel rows in the processor's normalised range [-1, 1] (the recipe of unstored pixel inputs)."""
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(rows, patch_dim)).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class Tolerance:
     metric: str  # "exact", "max_rel" (max |got - ref| / max |ref|) or "max_abs"
@@ -53,10 +53,7 @@ class Tolerance:
             return float("inf")
         if self.metric == "exact":
             return 0.0 if np.array_equal(got, ref) else float("inf")
-        diff = float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
-        if self.metric == "max_abs":
-            return diff
-        return diff / (float(np.abs(ref).max(initial=0.0)) or 1.0)
+        return max_abs(got, ref) if self.metric == "max_abs" else max_rel(got, ref)
 
     def as_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "value": self.value, "reason": self.reason}

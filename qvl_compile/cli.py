@@ -101,14 +101,16 @@ def main(debug: bool, quiet: bool) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
+@click.option("--model-type", default="qwen3_vl", show_default=True, help="The model family's config model_type.")
 @handle_errors
-def tiny(out_dir: Path, seed: int, force: bool) -> None:
-    """Write the embedded default: a tiny seeded random Qwen3-VL checkpoint."""
-    from qvl_compile.export.tiny.checkpoint import write_tiny
+def tiny(out_dir: Path, seed: int, force: bool, model_type: str) -> None:
+    """Write the embedded default: a tiny seeded random checkpoint of the family (Qwen3-VL by default)."""
+    from qvl_compile.registry import family_named
 
     quiet_libraries()
-    write_tiny(out_dir, seed=seed, force=force)
-    click.echo(f"wrote tiny Qwen3-VL checkpoint (seed {seed}) to {out_dir}")
+    family = family_named(model_type)
+    family.write_tiny(out_dir, seed=seed, force=force)
+    click.echo(f"wrote tiny {family.name} checkpoint (seed {seed}) to {out_dir}")
 
 
 @main.command("random")
@@ -117,16 +119,17 @@ def tiny(out_dir: Path, seed: int, force: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--vision-only", is_flag=True, help="Write only the vision tower's weights (for vision exports).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
+@click.option("--model-type", default="qwen3_vl", show_default=True, help="The model family's config model_type.")
 @handle_errors
-def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool) -> None:
+def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool, model_type: str) -> None:
     """Random weights for a released architecture: ARCH is 2b, 4b, 8b or a folder with config.json.
 
     Real-size work without downloading weights: the architecture is exact, the weights are noise.
     """
-    from qvl_compile.export.tiny.checkpoint import arch_dir, write_random
+    from qvl_compile.registry import family_named
 
     quiet_libraries()
-    write_random(arch_dir(arch), out_dir, seed=seed, vision_only=vision_only, force=force)
+    family_named(model_type).write_random(arch, out_dir, seed=seed, vision_only=vision_only, force=force)
     click.echo(f"wrote random-weight {arch} checkpoint to {out_dir}")
 
 
@@ -160,9 +163,9 @@ def export(model_dir: Path, out_dir: Path, component: str, quant: str, block_siz
 
     manifest = export_model(model_dir, out_dir, component=component, quant=options, force=force,
                             vision_quant=VisionQuantOptions(mode=vision_quant))
-    for name, artifact in manifest["artifacts"].items():
-        size = sum(f["bytes"] for f in artifact["files"]) / 1e6
-        click.echo(f"{name}: {', '.join(f['path'] for f in artifact['files'])} ({size:.1f} MB)")
+    for name, artifact in manifest.artifacts.items():
+        size = sum(f.bytes for f in artifact.files) / 1e6
+        click.echo(f"{name}: {', '.join(f.path for f in artifact.files)} ({size:.1f} MB)")
     click.echo(f"exported to {out_dir} in {time.perf_counter() - start:.1f} s")
 
 

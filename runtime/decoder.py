@@ -3,28 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from qvl_compile.contract import KV_IN_PLACE, DecoderArtifact, DecoderShape
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import check_source_stamp, make_session
-
-
-@dataclass(frozen=True)
-class DecoderFacts:
-    num_layers: int
-    num_key_value_heads: int
-    head_dim: int
-    hidden_size: int
-    vocab_size: int
-    num_deepstack: int
-
-    @classmethod
-    def from_artifact(cls, artifact: dict[str, Any]) -> "DecoderFacts":
-        return cls(**{name: int(artifact[name]) for name in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -53,25 +39,26 @@ class KVCache:
 class TextDecoder:
     """One decoder graph and session. `forward` runs any number of new tokens on top of a cache."""
 
-    def __init__(self, graph_path: str | Path, facts: DecoderFacts, providers: list[str] | None = None,
-                 intra_op_threads: int = 0):
+    def __init__(self, graph_path: str | Path, facts: DecoderShape, providers: list[str] | None = None,
+                 intra_op_threads: int = 0, kv_cache: str = KV_IN_PLACE):
         self.facts = facts
         self.session = make_session(Path(graph_path), providers, intra_op_threads)
-        layers = range(facts.num_layers)
-        self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in layers]
-        self._present = [name for i in layers for name in (f"present.{i}.key", f"present.{i}.value")]
-        # Exports before the in-place cache had no attention_mask: they still run, with the grown cache.
-        self.supports_in_place = "attention_mask" in {i.name for i in self.session.get_inputs()}
+        past_k, past_v, present_k, present_v = facts.cache_names
+        self._past = list(zip(past_k, past_v))
+        self._present = [name for pair in zip(present_k, present_v) for name in pair]
+        # The contract says how the cache is fed: format-1 exports before in-place caching migrate to "grown".
+        self.supports_in_place = kv_cache == KV_IN_PLACE
         self.placeholder_ids: tuple[int, ...] = ()  # image/video pad ids, checked against visual_embeds when set
+        self.artifact: DecoderArtifact | None = None
 
     @classmethod
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                     verify_hashes: bool = False) -> "TextDecoder":
-        graph, artifact, manifest = load_artifact(export_dir, "decoder", hashes=verify_hashes)
-        decoder = cls(graph, DecoderFacts.from_artifact(artifact), providers, intra_op_threads)
+        graph, artifact, _ = load_artifact(export_dir, "decoder", hashes=verify_hashes)
+        decoder = cls(graph, artifact.shape, providers, intra_op_threads, artifact.kv_cache)
         check_source_stamp(decoder.session, artifact, graph)
-        model = manifest["model"]
-        decoder.placeholder_ids = (int(model["image_token_id"]), int(model["video_token_id"]))
+        decoder.placeholder_ids = artifact.placeholder_ids
+        decoder.artifact = artifact
         return decoder
 
     def empty_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:

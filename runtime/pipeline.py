@@ -23,8 +23,8 @@ from qvl_compile.errors import QvlError
 from qvl_compile.manifest import check_files, read_manifest
 from qvl_compile.runtime.decoder import TextDecoder
 from qvl_compile.runtime.preprocess import ImageProcessorConfig, load_image, preprocess_image, to_rgb
-from qvl_compile.runtime.prompt import RESERVED_TOKENS, expand_placeholders, load_chat_template, user_message
-from qvl_compile.runtime.rope_index import mrope_position_ids
+from qvl_compile.registry import family_named
+from qvl_compile.runtime.prompt import RESERVED_TOKENS, load_chat_template, user_message
 from qvl_compile.runtime.sampling import SamplingConfig, next_token
 from qvl_compile.runtime.video import Video, VideoProcessorConfig, preprocess_video, read_video
 from qvl_compile.runtime.vision import VisionEncoder
@@ -50,8 +50,9 @@ class Pipeline:
                  verify_hashes: bool = False):
         self.export_dir = Path(export_dir)
         manifest = read_manifest(self.export_dir)
-        check_files(self.export_dir, manifest.get("assets", []), hashes=verify_hashes)
-        model = manifest["model"]
+        check_files(self.export_dir, manifest.assets, hashes=verify_hashes)
+        self.family = family_named(manifest.family)  # its prompt and position strategies
+        model = manifest.model
         self.image_token_id, self.video_token_id = int(model["image_token_id"]), int(model["video_token_id"])
         self.merge_size = int(model["vision"]["spatial_merge_size"])
         self.decoder = TextDecoder.from_export(self.export_dir, providers, intra_op_threads, verify_hashes)
@@ -63,7 +64,7 @@ class Pipeline:
         self.template = load_chat_template(self.export_dir)
         self.image_config = ImageProcessorConfig.from_dir(self.export_dir)
         self.sampling = SamplingConfig.from_dir(self.export_dir)
-        self.max_context = int(model["text"].get("max_position_embeddings", 0)) or None
+        self.max_context = manifest.max_context
 
     def prepare(self, prompt: str, images=(), video=None) -> PreparedPrompt:
         """Render the chat template, expand placeholders, preprocess media, compute M-RoPE positions."""
@@ -89,10 +90,10 @@ class Pipeline:
             rows.append(pixels), grids.append(grid), video_grids.append(grid), stamps.append(times)
         messages = user_message(prompt, len(image_grids), len(video_grids))
         text = self.template.render(messages=messages, add_generation_prompt=True)
-        text = expand_placeholders(text, image_grids, video_grids, stamps, self.merge_size)
+        text = self.family.expand_prompt(text, image_grids, video_grids, stamps, self.merge_size)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-        positions, delta = mrope_position_ids(ids, self.image_token_id, self.video_token_id, image_grids,
-                                              video_grids, self.merge_size)
+        positions, delta = self.family.position_ids(ids, self.image_token_id, self.video_token_id, image_grids,
+                                                    video_grids, self.merge_size)
         return PreparedPrompt(ids, positions, delta, np.concatenate(rows) if rows else None,
                               np.asarray(grids, np.int64) if grids else None)
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import onnxruntime as ort
 
 from qvl_compile.errors import QvlError
-from qvl_compile.manifest import SOURCE_KEY
+from qvl_compile.contract import SOURCE_KEY, Artifact
 
 
 def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
@@ -26,10 +24,10 @@ def make_session(path: Path, providers: list[str] | None = None, intra_op_thread
         raise QvlError(f"{path}: onnxruntime cannot load it: {first}") from None
 
 
-def check_source_stamp(session: ort.InferenceSession, artifact: dict[str, Any], path: Path) -> None:
+def check_source_stamp(session: ort.InferenceSession, artifact: Artifact, path: Path) -> None:
     """The graph's stamped source checkpoint equals the manifest's record (a swapped-in graph fails here)."""
     stamped = session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
-    expected = artifact.get("source_sha256")
+    expected = artifact.source_sha256
     if stamped and expected and stamped != expected:
         raise QvlError(f"{path}: exported from checkpoint {stamped[:12]}, but the manifest records {expected[:12]}: "
                        "a graph copied in from another export; re-export the folder")

@@ -64,7 +64,7 @@ class VisionEncoder:
                     verify_hashes: bool = False) -> "VisionEncoder":
         """The `vision.onnx` of an export folder, after checking its files against the manifest."""
         graph, artifact, _ = load_artifact(export_dir, "vision", hashes=verify_hashes)
-        encoder = cls(graph, artifact["patch_dim"], artifact["spatial_merge_size"], providers, intra_op_threads)
+        encoder = cls(graph, artifact.patch_dim, artifact.spatial_merge_size, providers, intra_op_threads)
         check_source_stamp(encoder.session, artifact, graph)
         return encoder
 

@@ -43,7 +43,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from qvl_compile.export.tiny.checkpoint import write_tiny
+    from qvl_compile.families.qwen3_vl.fixtures import write_tiny
 
     return write_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
@@ -63,7 +63,7 @@ def vision_export(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hf_visual(tiny_dir):
-    from qvl_compile.golden.reference import load_vision_model
+    from qvl_compile.families.qwen3_vl.loaders import load_vision_model
 
     return load_vision_model(tiny_dir)
 

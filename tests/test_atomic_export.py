@@ -62,7 +62,7 @@ def test_killed_first_export_leaves_nothing(tiny_dir, tmp_path):
                              "--component", "vision"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert leftovers(out) == []  # the next export removed them
-    check_files(out, read_manifest(out)["artifacts"]["vision"]["files"], hashes=True)
+    check_files(out, read_manifest(out).artifacts["vision"].files, hashes=True)
 
 
 def test_killed_export_keeps_the_previous_output(tiny_dir, fp32_export, tmp_path):

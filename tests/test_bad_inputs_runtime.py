@@ -22,7 +22,7 @@ def ctx(golden_exports, tmp_path, request):
 def other_vision_export(tmp_path_factory):
     pytest.importorskip("torch", reason="exporting another checkpoint needs torch")
     from qvl_compile.export.pipeline import export_model
-    from qvl_compile.export.tiny.checkpoint import write_tiny
+    from qvl_compile.families.qwen3_vl.fixtures import write_tiny
 
     root = tmp_path_factory.mktemp("other")
     model = write_tiny(root / "model", seed=5)

@@ -4,7 +4,7 @@ import pytest
 
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
-from qvl_compile.export.tiny.checkpoint import arch_dir
+from qvl_compile.families.qwen3_vl.fixtures import arch_dir
 
 
 @pytest.mark.parametrize("arch", ["2b", "4b", "8b"])

@@ -8,10 +8,13 @@ import torch
 from onnx import numpy_helper
 
 from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.decoder_verify import (FP32_TOLERANCE, INT4_TOLERANCE, decoder_parity,
-                                               dequantize_matmul_nbits, fake_quant_reference,
+from qvl_compile.export.decoder_verify import (decoder_parity, dequantize_matmul_nbits, fake_quant_reference,
                                                next_token_agreement, with_accuracy_level)
+from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE
+from qvl_compile.registry import family_named
 from qvl_compile.runtime.decoder import TextDecoder
+
+FAMILY = family_named("qwen3_vl")
 
 # Not the export-time check's prompt: a video first, images of other sizes, another seed.
 TEST_PROMPT = (("text", 3), ("video", (3, 4, 6)), ("text", 4), ("image", (1, 8, 4)), ("image", (1, 2, 2)),
@@ -21,13 +24,13 @@ STEPS = 16
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_dir):
-    from qvl_compile.export.decoder import load_full_model
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
 
     return load_full_model(tiny_dir)
 
 
 def test_fp32_decoder_matches_transformers(fp32_export, hf_model):
-    parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, steps=STEPS, seed=21, parts=TEST_PROMPT)
+    parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, FAMILY, steps=STEPS, seed=21, parts=TEST_PROMPT)
     assert len(parity.steps_max_rel) == STEPS
     assert parity.prefill_max_rel <= FP32_TOLERANCE and max(parity.steps_max_rel) <= FP32_TOLERANCE
     assert parity.onnx_tokens == parity.reference_tokens
@@ -35,14 +38,14 @@ def test_fp32_decoder_matches_transformers(fp32_export, hf_model):
 
 def test_int4_decoder_matches_fake_quant_reference(int4_export, hf_model):
     decoder = TextDecoder.from_export(int4_export)
-    reference = fake_quant_reference(hf_model, int4_export / "decoder.onnx")
-    parity = decoder_parity(decoder, reference, steps=STEPS, seed=21, parts=TEST_PROMPT, tolerance=INT4_TOLERANCE)
+    reference = fake_quant_reference(hf_model, int4_export / "decoder.onnx", FAMILY)
+    parity = decoder_parity(decoder, reference, FAMILY, steps=STEPS, seed=21, parts=TEST_PROMPT, tolerance=INT4_TOLERANCE)
     assert parity.prefill_max_rel <= INT4_TOLERANCE and max(parity.steps_max_rel) <= INT4_TOLERANCE
     assert parity.onnx_tokens == parity.reference_tokens
-    agree, total = next_token_agreement(decoder, reference, seed=21)
+    agree, total = next_token_agreement(decoder, reference, FAMILY, seed=21)
     assert agree == total
     # Quantization itself is visible: the unquantized model differs far beyond the tolerance.
-    assert decoder_parity(decoder, hf_model, steps=1, seed=21, parts=TEST_PROMPT).prefill_max_rel > 10 * INT4_TOLERANCE
+    assert decoder_parity(decoder, hf_model, FAMILY, steps=1, seed=21, parts=TEST_PROMPT).prefill_max_rel > 10 * INT4_TOLERANCE
 
 
 def test_accuracy_level_4_is_measured_not_hidden(int4_export, hf_model, tmp_path):
@@ -50,15 +53,15 @@ def test_accuracy_level_4_is_measured_not_hidden(int4_export, hf_model, tmp_path
     fast = tmp_path / "decoder.onnx"
     with_accuracy_level(int4_export / "decoder.onnx", 4, fast)
     facts = TextDecoder.from_export(int4_export).facts
-    reference = fake_quant_reference(hf_model, int4_export / "decoder.onnx")
-    exact = decoder_parity(TextDecoder.from_export(int4_export), reference, steps=2, seed=21, parts=TEST_PROMPT)
-    drift = decoder_parity(TextDecoder(fast, facts), reference, steps=2, seed=21, parts=TEST_PROMPT)
+    reference = fake_quant_reference(hf_model, int4_export / "decoder.onnx", FAMILY)
+    exact = decoder_parity(TextDecoder.from_export(int4_export), reference, FAMILY, steps=2, seed=21, parts=TEST_PROMPT)
+    drift = decoder_parity(TextDecoder(fast, facts), reference, FAMILY, steps=2, seed=21, parts=TEST_PROMPT)
     assert drift.prefill_max_rel > 100 * exact.prefill_max_rel
     assert QuantOptions().accuracy_level == 1
 
 
 def test_zeroing_deepstack_changes_the_logits(fp32_export, hf_model):
-    parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, steps=1, seed=21, parts=TEST_PROMPT,
+    parity = decoder_parity(TextDecoder.from_export(fp32_export), hf_model, FAMILY, steps=1, seed=21, parts=TEST_PROMPT,
                             zero_deepstack=True)
     assert parity.prefill_max_rel > 100 * FP32_TOLERANCE
 

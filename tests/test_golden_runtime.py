@@ -63,7 +63,7 @@ def test_vision_graph_matches_golden(vision, case):
 
 @_cases("positions")
 def test_mrope_positions_match_golden(golden_exports, case):
-    model = read_manifest(golden_exports["fp32"])["model"]
+    model = read_manifest(golden_exports["fp32"]).model
     positions, delta = mrope_position_ids(case.input("input_ids"), model["image_token_id"], model["video_token_id"],
                                           case.input("image_grid_thw").tolist(), case.input("video_grid_thw").tolist(),
                                           model["vision"]["spatial_merge_size"])

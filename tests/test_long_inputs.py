@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qvl_compile.golden.store import pixels_from_seed
-from qvl_compile.golden.decoder_reference import with_token_types
+from qvl_compile.families.qwen3_vl.reference import with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
 from qvl_compile.runtime.vision import VisionEncoder
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_long_video_grid_matches_eager(vision_export, hf_visual):
     """48 frames (24 temporal patches) of 32x32 patches: 24,576 patch rows in one call."""
-    from qvl_compile.golden.reference import reference_vision
+    from qvl_compile.families.qwen3_vl.loaders import reference_vision
 
     grid = np.array([[24, 32, 32]], np.int64)
     pixels = pixels_from_seed(int(grid.prod()), 1536, seed=5)
@@ -28,7 +28,7 @@ def test_long_video_grid_matches_eager(vision_export, hf_visual):
 
 def test_one_minute_video_generates_as_transformers(fp32_export, tiny_dir, tmp_path):
     """60 s at 10 fps: 120 frames sampled (fps 2), 60 temporal patches, one timestamp each."""
-    from qvl_compile.export.decoder import load_full_model
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
 
     clip = write_random_video(tmp_path / "long.mp4", frames=600, height=64, width=96, fps=10, seed=3)
     pipe = Pipeline(fp32_export)

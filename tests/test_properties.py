@@ -13,9 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qvl_compile.export.verify import FP32_TOLERANCE
-from qvl_compile.golden.decoder_reference import build_prompt
-from qvl_compile.golden.reference import reference_vision
+from qvl_compile.parity import FP32_TOLERANCE, max_rel
+from qvl_compile.families.qwen3_vl.reference import build_prompt
+from qvl_compile.families.qwen3_vl.loaders import reference_vision
 from qvl_compile.golden.store import pixels_from_seed
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.vision import VisionEncoder
@@ -34,10 +34,6 @@ def encoder(vision_export):
     return VisionEncoder.from_export(vision_export)
 
 
-def max_rel(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
-
-
 @SETTINGS
 @given(grids=grid_sets, seed=st.integers(0, 2**16))
 def test_vision_graph_matches_pytorch_on_random_grid_sets(encoder, hf_visual, grids, seed):
@@ -52,7 +48,7 @@ def test_vision_graph_matches_pytorch_on_random_grid_sets(encoder, hf_visual, gr
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_dir):
-    from qvl_compile.export.decoder import load_full_model
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
 
     return load_full_model(tiny_dir)
 

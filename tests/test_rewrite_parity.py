@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from qvl_compile.export.grids import GRID_MATRIX, random_pixels
-from qvl_compile.golden.reference import reference_vision
+from qvl_compile.families.qwen3_vl.loaders import reference_vision
 from qvl_compile.rewrite.vision import RewrittenVisionTower
 
 # MatMul patch embedding and per-frame SDPA reorder sums; values are O(1).

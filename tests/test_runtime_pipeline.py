@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qvl_compile.golden.decoder_reference import with_token_types
+from qvl_compile.families.qwen3_vl.reference import with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig, apply_repetition_penalty, next_token
 

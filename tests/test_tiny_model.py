@@ -7,7 +7,7 @@ import torch
 import transformers
 from PIL import Image
 
-from qvl_compile.export.tiny.checkpoint import write_tiny
+from qvl_compile.families.qwen3_vl.fixtures import write_tiny
 
 
 def _digests(folder):

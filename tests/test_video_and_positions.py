@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from qvl_compile.golden.decoder_reference import build_prompt, run_reference, with_token_types
+from qvl_compile.families.qwen3_vl.reference import build_prompt, run_reference, with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.sampling import SamplingConfig
@@ -57,7 +57,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_dir):
-    from qvl_compile.export.decoder import load_full_model
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
 
     return load_full_model(tiny_dir)
 

@@ -10,6 +10,7 @@ import pytest
 from qvl_compile.errors import QvlError
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX, random_pixels
 from qvl_compile.export.verify import vision_parity
+from qvl_compile.registry import family_named
 from qvl_compile.manifest import sha256_file
 from qvl_compile.runtime.vision import VisionEncoder
 
@@ -25,7 +26,7 @@ def test_matrix_grids_differ_from_export_grid():
 
 @pytest.mark.parametrize("grid_dtype", [np.int64, np.int32], ids=["int64 grid", "int32 grid"])
 def test_parity_on_grid_matrix(encoder, hf_visual, grid_dtype):
-    rows = vision_parity(encoder, hf_visual, GRID_MATRIX, seed=11, grid_dtype=grid_dtype)
+    rows = vision_parity(encoder, hf_visual, GRID_MATRIX, family_named("qwen3_vl"), seed=11, grid_dtype=grid_dtype)
     assert len(rows) == 2 * len(GRID_MATRIX)
     failed = [(r.name, r.output, r.max_rel) for r in rows if not r.passed]
     assert not failed

@@ -17,10 +17,11 @@ import torch
 
 from qvl_compile.export.analysis.calls import Call, FlatModule, flatten, output_tensors, tensorize_varying_ints
 from qvl_compile.export.onnx_functions import OPSET, frame_attention_onnx
+from qvl_compile.parity import FP32_TOLERANCE, max_rel
 from qvl_compile.rewrite import attention as _registers_frame_attention  # noqa: F401 - torch.ops.qvl_compile
 
 EXPORTERS = ("torchscript", "dynamo")
-TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|, as `qvl-compile verify` uses for fp32
+TOLERANCE = FP32_TOLERANCE  # max |onnx - torch| / max |torch|, as `qvl-compile verify` uses for fp32
 
 
 @dataclass
@@ -140,8 +141,7 @@ def _matches(got: list[np.ndarray], ref: list[torch.Tensor]) -> tuple[bool, floa
             if not np.array_equal(g, r):
                 return False, float("inf")
             continue
-        scale = max(float(np.abs(r).max()), 1e-6)
-        worst = max(worst, float(np.abs(g.astype(np.float64) - r).max()) / scale)
+        worst = max(worst, max_rel(g, r))
     return worst <= TOLERANCE, worst
 
 

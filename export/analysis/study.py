@@ -17,11 +17,12 @@ import torch
 
 from qvl_compile.export.analysis.calls import record_calls
 from qvl_compile.export.analysis.constructs import find_constructs
+from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.analysis.probe import (EXPORTERS, Probe, probe_module, quiet_exporters,
                                                shared_torchlib_registry)
 from qvl_compile.export.grids import random_pixels
-from qvl_compile.golden.reference import load_vision_model
+from qvl_compile.registry import family_named
 
 log = logging.getLogger(__name__)
 # The whole model runs at FIRST_GRID to record every submodule's inputs, then again at SECOND_GRID (other
@@ -90,12 +91,11 @@ def analyze(model_dir: str | Path, rewritten: bool = False, exporters: tuple[str
 
 def _prepare(model_dir, rewritten: bool, attention: str):
     """(model to walk, stock tower, calls at the first grid, calls at the second grid)."""
-    from qvl_compile.rewrite.vision import RewrittenVisionTower
-
-    hf_visual = load_vision_model(model_dir, attention=attention)
-    model = RewrittenVisionTower(hf_visual).eval() if rewritten else hf_visual
-    config = hf_visual.config
-    patch_dim = int(config.in_channels * config.temporal_patch_size * config.patch_size ** 2)
+    config = ModelConfig.from_dir(model_dir)
+    family = family_named(config.model_type)
+    hf_visual = family.load_vision(model_dir, attention=attention)
+    model = family.vision_tower(hf_visual) if rewritten else hf_visual
+    patch_dim = config.vision.patch_dim
     first = record_calls(model, _inputs(FIRST_GRID, patch_dim, seed=0))
     second = record_calls(model, _inputs(SECOND_GRID, patch_dim, seed=1))
     return model, hf_visual, first, second

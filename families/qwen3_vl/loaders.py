@@ -1,66 +1,43 @@
-"""The eager PyTorch model of the installed transformers, as the parity oracle.
+"""transformers' Qwen3-VL classes as the parity oracle, on either transformers line (4.57.x and 5.x).
 
 Loads only what a component needs (the vision tower reads only `model.visual.*` tensors) and hides
-the differences between transformers 4.57.x and 5.x.
+the differences between the two lines. The one place Qwen3-VL's transformers classes are named.
 """
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
+from qvl_compile.export.checkpoint_files import load_tensors
 
-log = logging.getLogger(__name__)
 VISION_PREFIX = "model.visual."
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [model_dir / n for n in names]
-    else:
-        files = [model_dir / "model.safetensors"]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise QvlError(f"{model_dir}: missing weight file(s) {', '.join(missing)}")
-    for path in files:
-        check_safetensors_size(path)
-    return files
+def load_full_model(model_dir: Path):
+    """`Qwen3VLForConditionalGeneration` in fp32, eval mode."""
+    from transformers import Qwen3VLForConditionalGeneration
 
-
-def check_safetensors_size(path: Path) -> None:
-    """The file is as long as its header says (8-byte header length, JSON header, then the tensors' bytes)."""
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            if size < 8 or 8 + header_len > size:
-                raise ValueError(f"header of {header_len} bytes")
-            header = json.loads(fh.read(header_len))
-        data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise QvlError(f"{path}: not a readable safetensors file ({size} bytes; {exc}); truncated or corrupt") from None
-    if 8 + header_len + data_end != size:
-        raise QvlError(f"{path}: its header describes {8 + header_len + data_end} bytes, the file has {size} "
-                       "(truncated or corrupt)")
+        model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    except TypeError:  # 4.57.x spells it torch_dtype
+        model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
+    return model.eval()
 
 
-def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(model_dir):
-        try:
-            loaded = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise QvlError(f"{path}: cannot read weights ({exc}); the file may be truncated") from None
-        tensors.update({k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)})
-    return tensors
+def projection_module(model, initializer_name: str) -> torch.nn.Module:
+    """The linear an exported projection weight came from: 'layers.3.q_proj.weight_t_Q4' ->
+    model.model.language_model.layers[3].self_attn.q_proj; 'lm_head...' -> model.lm_head."""
+    name = initializer_name.split(".weight_t")[0]
+    if name == "lm_head":
+        return model.lm_head
+    _, index, proj = name.split(".")
+    layer = model.model.language_model.layers[int(index)]
+    return getattr(layer.self_attn if proj in ATTENTION_PROJECTIONS else layer.mlp, proj)
 
 
 def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass
 class MultimodalPrompt:
     input_ids: torch.Tensor  # [1, S]
@@ -24,7 +23,7 @@ class MultimodalPrompt:
     media_grid_thw: list = field(default_factory=list)  # every grid row in prompt order (the vision call's order)
 
 
-def build_prompt(config, parts: list, seed: int = 0, patch_dim: int = 1536) -> MultimodalPrompt:
+def build_prompt(config, parts: list, seed: int = 0) -> MultimodalPrompt:
     """parts: ("text", n) for n random text tokens, ("image", (1, h, w)) or ("video", (t, h, w)), in order.
 
     Placeholders are laid out as Qwen3-VL's processor lays them out: one pad per merged patch; a video
@@ -32,6 +31,9 @@ def build_prompt(config, parts: list, seed: int = 0, patch_dim: int = 1536) -> M
     are random ids below the special tokens, so no tokenizer is needed (random-weight checkpoints have none).
     """
     rng = np.random.default_rng(seed)
+    vision = config.vision_config
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2  # row length of pixel_values
+    merge_unit = vision.spatial_merge_size**2
     text_vocab = min(config.vision_start_token_id, config.image_token_id, config.video_token_id)
     ids, images, videos, media = [], [], [], []
 
@@ -43,7 +45,7 @@ def build_prompt(config, parts: list, seed: int = 0, patch_dim: int = 1536) -> M
             text(value)
             continue
         t, h, w = value
-        per_frame = h * w // 4
+        per_frame = h * w // merge_unit
         media.append((t, h, w))
         pad = config.image_token_id if kind == "image" else config.video_token_id
         (images if kind == "image" else videos).append((t, h, w))

@@ -29,7 +29,7 @@ BASE_VOCAB_SIZE = 1000
 
 
 def _package_text(name: str) -> str:
-    return resources.files("qvl_compile.export.tiny").joinpath(name).read_text()
+    return resources.files("qvl_compile.families.qwen3_vl.tiny").joinpath(name).read_text()
 
 
 def build_tokenizer() -> Tokenizer:

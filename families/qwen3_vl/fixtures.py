@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.atomic import atomic_output_dir
-from qvl_compile.export.tiny.tokenizer import build_tokenizer, special_token_ids, write_tokenizer
+from qvl_compile.families.qwen3_vl.tiny.tokenizer import build_tokenizer, special_token_ids, write_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _package_json(name: str) -> dict:
-    return json.loads(resources.files("qvl_compile.export.tiny").joinpath(name).read_text())
+    return json.loads(resources.files("qvl_compile.families.qwen3_vl.tiny").joinpath(name).read_text())
 
 
 def _parameter_shapes(raw_config: dict, vision_only: bool) -> dict[str, tuple[int, ...]]:
@@ -114,7 +114,7 @@ def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
 def arch_dir(arch: str) -> Path:
     """'2b' / '4b' / '8b' (released architectures shipped with the package) or a folder path."""
     name = f"qwen3-vl-{arch.lower()}"
-    packaged = resources.files("qvl_compile.export.archs").joinpath(name)
+    packaged = resources.files("qvl_compile.families.qwen3_vl.archs").joinpath(name)
     if packaged.is_dir():
         return Path(str(packaged))
     if Path(arch).is_dir():

@@ -1,0 +1,175 @@
+"""One exporter for every component: a `ComponentSpec` says what differs, `export_component` runs the stages.
+
+    load checkpoint -> rewrite -> capture (torch.export) -> translate to ONNX -> the spec's steps
+
+The steps after translation are the spec's own list of named stages: post-passes (GELU fusion, INT4,
+int8, later fp16), the checker, and verification against PyTorch. Each stage logs what it did and
+fails with its name (`export.stages`). The vision tower and the text decoder are two specs
+(`export.vision`, `export.decoder`); a decoder whose MLP is a mixture of experts is another spec built
+from its family's rewrite factory, with the same stages.
+
+Weights: `load` returns the transformers model and `rewrite` the module to capture; the exporter drops
+both after translation unless the spec keeps the reference for verification, so a later streaming
+`load` (weights read from the checkpoint one tensor at a time) replaces one function, not the skeleton.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from qvl_compile.config import ModelConfig
+from qvl_compile.contract import Target
+from qvl_compile.export.graph_names import name_dims
+from qvl_compile.export.onnx_functions import OPSET
+from qvl_compile.export.stages import Stages, release_memory
+from qvl_compile.manifest import file_record
+from qvl_compile.registry import Family
+
+log = logging.getLogger(__name__)
+
+# Above this many weight bytes a graph keeps its weights in an external file (protobuf caps at 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclass
+class ExportContext:
+    """What the stages of one component share: inputs, the graph being written, and what they recorded."""
+
+    family: Family
+    config: ModelConfig
+    model_dir: Path
+    work_dir: Path
+    target: Target
+    path: Path  # the component's graph in work_dir
+    weight_bytes: int = 0
+    reference: Any = None  # the transformers model, while the spec keeps it for verification
+    record: dict[str, Any] = field(default_factory=dict)  # artifact fields the steps measured
+
+    @property
+    def external(self) -> bool:
+        return self.weight_bytes > EXTERNAL_DATA_BYTES
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named stage after translation (a post-pass, a check or a verification)."""
+
+    name: str
+    run: Callable[[ExportContext], None]
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # the artifact's key in manifest.json
+    file_name: str
+    load: Callable[[ExportContext], Any]  # checkpoint -> transformers model (sets ctx.weight_bytes)
+    rewrite: Callable[[ExportContext, Any], Any]  # transformers model -> the module to capture
+    example_inputs: Callable[[ExportContext], tuple]
+    dynamic_shapes: Callable[[ExportContext], Any]  # torch.export dims, built when capturing
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dim_names: dict[str, list[str | None]]  # graph I/O name -> per-axis symbolic dim name
+    translation_table: Callable[[], dict]  # custom op -> onnxscript lowering
+    steps: tuple[Step, ...]
+    describe: Callable[[ExportContext], dict[str, Any]]  # the component's own contract fields
+    keep_reference: bool = True  # False: free the transformers model after translation (verification reloads)
+
+    def stage_names(self) -> list[str]:
+        return ["load checkpoint", "rewrite", "capture (torch.export)", "translate to ONNX",
+                *(step.name for step in self.steps)]
+
+
+def io_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """Graph inputs and outputs with dtypes and (symbolic) dims, for the contract."""
+    def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}
+
+    return {"inputs": [describe(v) for v in model.graph.input], "outputs": [describe(v) for v in model.graph.output]}
+
+
+def _capture(spec: ComponentSpec, ctx: ExportContext, module, args):
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own LeafSpec deprecation notice
+        return torch.export.export(module, args, dynamic_shapes=spec.dynamic_shapes(ctx), strict=False)
+
+
+def _translate(spec: ComponentSpec, ctx: ExportContext, program, args) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        onnx_program = torch.onnx.export(
+            program, args, input_names=list(spec.input_names), output_names=list(spec.output_names),
+            opset_version=OPSET, custom_translation_table=spec.translation_table(), dynamo=True, optimize=True,
+            verbose=False,
+        )
+        name_dims(onnx_program.model, spec.dim_names)
+        onnx_program.save(str(ctx.path), external_data=ctx.external)
+
+
+def graph_files(work_dir: Path, file_name: str) -> list[str]:
+    """The graph and its external data files, graph first."""
+    return [file_name] + sorted(p.name for p in work_dir.iterdir() if p.name.startswith(file_name + "."))
+
+
+def export_component(spec: ComponentSpec, ctx: ExportContext) -> dict[str, Any]:
+    """Write the component's graph into ctx.work_dir; return its artifact fields for the contract."""
+    stages = Stages(spec.stage_names())
+    with stages.run("load checkpoint"):
+        hf_model = spec.load(ctx)
+    with stages.run("rewrite"):
+        module = spec.rewrite(ctx, hf_model)
+    args = spec.example_inputs(ctx)
+    with stages.run("capture (torch.export)"):
+        program = _capture(spec, ctx, module, args)
+    with stages.run("translate to ONNX"):
+        _translate(spec, ctx, program, args)
+    ctx.reference = hf_model if spec.keep_reference else None
+    # Free the captured program and the rewritten module before the next stages: at 2B size each holds gigabytes.
+    del program, module, hf_model, args
+    release_memory()
+    for step in spec.steps:
+        with stages.run(step.name):
+            step.run(ctx)
+    ctx.reference = None
+    model = onnx.load(str(ctx.path), load_external_data=False)
+    return {
+        "files": [file_record(ctx.work_dir, name) for name in graph_files(ctx.work_dir, spec.file_name)],
+        "opset": OPSET,
+        **io_record(model),
+        "target": ctx.target,
+        **spec.describe(ctx),
+        "stage_seconds": stages.seconds,
+    }
+
+
+CHECK_STAGE = "check (onnx.checker, onnxruntime load)"
+
+
+def check_graph(ctx: ExportContext) -> None:
+    """The check step every spec lists: onnx.checker with full shape inference, then an onnxruntime session
+    on the target's execution provider."""
+    from qvl_compile.runtime.session import make_session
+
+    onnx.checker.check_model(str(ctx.path), full_check=True)
+    make_session(ctx.path, [ctx.target.execution_provider])
+
+
+def stage_aside(work_dir: Path, file_name: str) -> Path:
+    """Move a graph and its external data into a new folder of work_dir (a pass then writes file_name anew);
+    the graph's relative external-data location stays valid there."""
+    staged = work_dir / f"{file_name}.staging"
+    staged.mkdir()
+    for name in graph_files(work_dir, file_name):
+        (work_dir / name).rename(staged / name)
+    return staged

@@ -1,0 +1,208 @@
+"""The export -> runtime contract: typed, versioned records of what an export folder holds (torch-free).
+
+Export writes these dataclasses into `manifest.json`; the runtime parses them back and reads nothing
+else. `FORMAT` changes with every change of the contract. Older folders are migrated explicitly
+(`MIGRATIONS`, each tested) or refused with a one-line message saying to re-export.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from qvl_compile.errors import QvlError
+
+FORMAT_PREFIX = "qvl-compile/"
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_PREFIX}{FORMAT_VERSION}"
+MANIFEST_NAME = "manifest.json"
+# Graph metadata key: the digest of the checkpoint a graph was exported from.
+SOURCE_KEY = "qvl_compile.source_sha256"
+KV_IN_PLACE, KV_GROWN = "in_place", "grown"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the graphs are meant to run: the dtype of their float inputs and outputs, and the provider."""
+
+    io_dtype: str = "float32"
+    execution_provider: str = "CPUExecutionProvider"
+
+
+CPU_FP32 = Target()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+def cache_names(num_layers: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(past keys, past values, present keys, present values): the decoder's cache input and output names."""
+    past_k = [f"past_key_values.{i}.key" for i in range(num_layers)]
+    past_v = [f"past_key_values.{i}.value" for i in range(num_layers)]
+    present_k = [f"present.{i}.key" for i in range(num_layers)]
+    present_v = [f"present.{i}.value" for i in range(num_layers)]
+    return past_k, past_v, present_k, present_v
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What every graph artifact records: its files (graph first), I/O, target and provenance."""
+
+    files: tuple[FileRecord, ...]
+    inputs: tuple[TensorRecord, ...]
+    outputs: tuple[TensorRecord, ...]
+    opset: int
+    target: Target
+    quant: dict[str, Any]
+    export_check: dict[str, Any]
+    stage_seconds: dict[str, float]
+    source_sha256: str | None = None
+
+    @property
+    def graph(self) -> str:
+        return self.files[0].path
+
+
+@dataclass(frozen=True)
+class VisionArtifact(Artifact):
+    patch_dim: int = 0
+    spatial_merge_size: int = 0
+    out_hidden_size: int = 0
+    num_deepstack: int = 0
+    fused: dict[str, int] = field(default_factory=dict)
+    export_grid: tuple[tuple[int, int, int], ...] = ()
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The sizes a caller of the decoder graph needs: cache layout, hidden and vocabulary sizes, DeepStack taps."""
+
+    num_layers: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    num_deepstack: int
+
+    @property
+    def cache_names(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        return cache_names(self.num_layers)
+
+
+@dataclass(frozen=True)
+class DecoderArtifact(Artifact):
+    num_layers: int = 0
+    num_key_value_heads: int = 0
+    head_dim: int = 0
+    hidden_size: int = 0
+    vocab_size: int = 0
+    num_deepstack: int = 0
+    image_token_id: int = -1
+    video_token_id: int = -1
+    kv_cache: str = KV_IN_PLACE  # in_place: attention_mask input, past/present may share one buffer
+
+    @property
+    def shape(self) -> DecoderShape:
+        return DecoderShape(**{f.name: getattr(self, f.name) for f in fields(DecoderShape)})
+
+    @property
+    def placeholder_ids(self) -> tuple[int, int]:
+        return self.image_token_id, self.video_token_id
+
+
+ARTIFACT_TYPES: dict[str, type[Artifact]] = {"vision": VisionArtifact, "decoder": DecoderArtifact}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: str
+    family: str
+    source: dict[str, Any]
+    model: dict[str, Any]  # the checkpoint's config as the family parsed it (ModelConfig as a dict)
+    versions: dict[str, str]
+    options: dict[str, Any]
+    artifacts: dict[str, Artifact]
+    assets: tuple[FileRecord, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def max_context(self) -> int | None:
+        return int(self.model["text"].get("max_position_embeddings", 0)) or None
+
+
+def _tuple_of(kind, values) -> tuple:
+    return tuple(kind(**v) if isinstance(v, dict) else v for v in values)
+
+
+def _artifact_from_json(name: str, raw: dict[str, Any], where: str) -> Artifact:
+    kind = ARTIFACT_TYPES.get(name)
+    if kind is None:
+        raise QvlError(f"{where}: unknown artifact {name!r}; expected one of {', '.join(ARTIFACT_TYPES)}")
+    known = {f.name for f in fields(kind)}
+    values = {k: v for k, v in raw.items() if k in known}
+    missing = sorted(f.name for f in fields(kind) if f.name not in raw and f.name in ("files", "inputs", "outputs"))
+    if missing:
+        raise QvlError(f"{where}: the {name} artifact lacks {', '.join(missing)}; re-export the folder")
+    values["files"] = _tuple_of(FileRecord, raw["files"])
+    values["inputs"] = tuple(TensorRecord(v["name"], v["dtype"], tuple(v["shape"])) for v in raw["inputs"])
+    values["outputs"] = tuple(TensorRecord(v["name"], v["dtype"], tuple(v["shape"])) for v in raw["outputs"])
+    values["target"] = Target(**raw.get("target", {}))
+    if "export_grid" in values:
+        values["export_grid"] = tuple(tuple(g) for g in values["export_grid"])
+    return kind(**values)
+
+
+def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """qvl-compile/1 -> /2: the family was implicit (Qwen3-VL), the target CPU fp32, and the decoder's cache
+    mode was probed from its inputs; now all three are recorded."""
+    artifacts = {}
+    for name, artifact in raw.get("artifacts", {}).items():
+        artifact = dict(artifact, target=asdict(CPU_FP32))
+        if name == "decoder":
+            inputs = {value["name"] for value in artifact.get("inputs", [])}
+            artifact["kv_cache"] = KV_IN_PLACE if "attention_mask" in inputs else KV_GROWN
+        artifacts[name] = artifact
+    return dict(raw, format=f"{FORMAT_PREFIX}2", family="qwen3_vl", artifacts=artifacts)
+
+
+MIGRATIONS = {1: _migrate_v1}  # version -> function to version + 1
+
+
+def _version(raw: dict[str, Any], where: str) -> int:
+    found = raw.get("format")
+    if isinstance(found, str) and found.startswith(FORMAT_PREFIX) and found[len(FORMAT_PREFIX):].isdigit():
+        return int(found[len(FORMAT_PREFIX):])
+    raise QvlError(f"{where}: expected format {FORMAT!r}, got {found!r}")
+
+
+def parse_manifest(raw: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
+    """The typed manifest of a parsed manifest.json, after migrating an older format."""
+    version = _version(raw, where)
+    if version > FORMAT_VERSION:
+        raise QvlError(f"{where}: format {raw['format']!r} is newer than this qvl-compile reads ({FORMAT!r}); "
+                       "upgrade qvl-compile")
+    while version < FORMAT_VERSION:
+        if version not in MIGRATIONS:
+            raise QvlError(f"{where}: format {raw['format']!r} is too old to read; re-export with qvl-compile export")
+        raw = MIGRATIONS[version](raw)
+        version += 1
+    artifacts = {name: _artifact_from_json(name, value, where) for name, value in raw.get("artifacts", {}).items()}
+    try:
+        return Manifest(format=FORMAT, family=raw["family"], source=raw["source"], model=raw["model"],
+                        versions=raw.get("versions", {}), options=raw.get("options", {}), artifacts=artifacts,
+                        assets=_tuple_of(FileRecord, raw.get("assets", [])))
+    except KeyError as exc:
+        raise QvlError(f"{where}: missing {exc.args[0]!r}; re-export the folder") from None

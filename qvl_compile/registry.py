@@ -1,0 +1,110 @@
+"""Model families, keyed by config.json's `model_type`: the one seam a new family plugs into.
+
+A family is a `Family` subclass in its own module under `qvl_compile.families` (source: families/),
+registered with `@register`. It owns what differs between families: config parsing, the transformers
+classes it loads, the rewrite factories, the runtime's prompt and position strategies and its
+fixtures. Everything else (the exporter, the runtime, verification) asks the registry and stays
+family-agnostic. Importing a family module loads no torch: torch-side work is imported inside methods.
+
+The core package knows no family by name: `families()` imports the `qvl_compile.families` package by
+name the first time it is asked (plugin discovery, as entry points would), and the families register.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qvl_compile.errors import QvlError
+
+if TYPE_CHECKING:
+    from qvl_compile.config import ModelConfig
+
+FAMILIES_PACKAGE = "qvl_compile.families"
+_registry: dict[str, "Family"] = {}
+
+
+class Family:
+    """The per-family hooks. Subclasses set the class attributes and override every method."""
+
+    name: str = ""  # the folder/module name, e.g. "qwen3_vl"
+    model_types: tuple[str, ...] = ()  # config.json model_type values this family reads
+    architectures: tuple[str, ...] = ()  # config.json architectures, for messages
+    random_architectures: tuple[str, ...] = ()  # names `qvl-compile random` takes (released sizes)
+
+    # --- config (torch-free) ---
+    def parse_config(self, raw: dict[str, Any], source: str) -> "ModelConfig":
+        raise NotImplementedError
+
+    # --- runtime strategies (torch-free) ---
+    def expand_prompt(self, text: str, image_grids, video_grids, video_timestamps, merge_size: int) -> str:
+        """The chat-template text with each media placeholder expanded to its tokens."""
+        raise NotImplementedError
+
+    def position_ids(self, input_ids, image_token_id: int, video_token_id: int, image_grids, video_grids,
+                     merge_size: int):
+        """(position_ids [3, S] int64, rope delta) of a prompt."""
+        raise NotImplementedError
+
+    # --- transformers and rewrites (export side: torch) ---
+    def load_model(self, model_dir: Path):
+        raise NotImplementedError
+
+    def load_vision(self, model_dir: Path, attention: str = "sdpa"):
+        raise NotImplementedError
+
+    def vision_tower(self, hf_visual):
+        raise NotImplementedError
+
+    def text_decoder(self, hf_model, config: "ModelConfig", consume: bool = False):
+        raise NotImplementedError
+
+    def references(self):
+        """The module of PyTorch reference helpers (vision outputs, decoder prompts and runs, fake quant)."""
+        raise NotImplementedError
+
+    # --- fixtures ---
+    def write_tiny(self, out_dir: Path, seed: int = 0, force: bool = False) -> Path:
+        raise NotImplementedError
+
+    def write_random(self, arch: str, out_dir: Path, seed: int = 0, vision_only: bool = False,
+                     force: bool = False) -> Path:
+        raise NotImplementedError
+
+
+def register(cls: type[Family]) -> type[Family]:
+    """Class decorator: register one instance of a Family subclass under each of its model types."""
+    family = cls()
+    for model_type in cls.model_types:
+        if model_type in _registry and type(_registry[model_type]) is not cls:
+            raise ValueError(f"model_type {model_type!r} is registered twice ({_registry[model_type].name}, {cls.name})")
+        _registry[model_type] = family
+    return cls
+
+
+def families() -> dict[str, Family]:
+    """model_type -> family, every registered one."""
+    if not _registry:
+        importlib.import_module(FAMILIES_PACKAGE)
+    return dict(_registry)
+
+
+def family_named(name: str) -> Family:
+    for family in families().values():
+        if family.name == name or name in family.model_types:
+            return family
+    known = sorted({f.name for f in families().values()})
+    raise QvlError(f"model family {name!r} is not supported; expected one of {', '.join(known)}")
+
+
+def family_for_config(raw: dict[str, Any], source: str) -> Family:
+    """The family of a parsed config.json; an unknown model_type is refused in one line."""
+    registered = families()
+    model_type = raw.get("model_type")
+    if model_type in registered:
+        return registered[model_type]
+    archs = raw.get("architectures") or []
+    unique = list({id(f): f for f in registered.values()}.values())
+    expected = ", ".join(f"{t} ({', '.join(f.architectures)})" for f in unique for t in f.model_types)
+    raise QvlError(f"{source}: model_type {model_type!r} (architectures {archs}) is not supported; "
+                   f"expected one of {expected}")
