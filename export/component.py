@@ -168,8 +168,9 @@ def check_graph(ctx: ExportContext) -> None:
 def stage_aside(work_dir: Path, file_name: str) -> Path:
     """Move a graph and its external data into a new folder of work_dir (a pass then writes file_name anew);
     the graph's relative external-data location stays valid there."""
-    staged = work_dir / f"{file_name}.staging"
+    names = graph_files(work_dir, file_name)
+    staged = work_dir / f"staging.{file_name}"
     staged.mkdir()
-    for name in graph_files(work_dir, file_name):
+    for name in names:
         (work_dir / name).rename(staged / name)
     return staged
