@@ -69,9 +69,8 @@ def _torch(model_dir: str, threads: int):
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from qvl_compile.families.qwen3_vl.loaders import load_full_model
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model, load_image_processor
     from qvl_compile.families.qwen3_vl.reference import with_token_types
-    from qvl_compile.families.qwen3_vl.loaders import load_image_processor
 
     torch.set_num_threads(threads)
     model = load_full_model(Path(model_dir))

@@ -21,15 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
+from qvl_compile.parity import INT8_MIN_COSINE, cosine, max_rel
+
 GRIDS = {"image 448x448": [[1, 28, 28]], "three mixed images": [[1, 16, 16], [1, 20, 12], [1, 8, 32]],
          "video 8 frames 448x448": [[4, 28, 28]]}
-MIN_COSINE = 0.999
+MIN_COSINE = INT8_MIN_COSINE  # the policy's cosine bound for lossy float formats
+
+
+def _with_cpu_fallback(provider: str) -> list[str]:
+    return [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
 
 
 def _session(path: Path, provider: str):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=[provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else []))
+    return ort.InferenceSession(str(path), providers=_with_cpu_fallback(provider))
 
 
 def _timed(run, repeats: int):
@@ -43,17 +49,17 @@ def _timed(run, repeats: int):
 
 
 def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    got64, ref64 = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    rel = float(np.abs(got64 - ref64).max() / (np.abs(ref64).max() or 1.0))
-    cosine = float(got64 @ ref64 / ((np.linalg.norm(got64) * np.linalg.norm(ref64)) or 1.0))
-    return rel, cosine
+    return max_rel(got, ref), cosine(got, ref)
 
 
 def check_vision(export_dir: Path, repeats: int, fp16_path: Path | None) -> bool:
     import onnx
     from onnxconverter_common import float16
 
+    from qvl_compile.manifest import read_manifest
+
     graph = export_dir / "vision.onnx"
+    patch_dim = read_manifest(export_dir).artifacts["vision"].patch_dim
     fp16_path = fp16_path or export_dir / "vision.fp16.onnx"
     if not fp16_path.is_file():
         model = onnx.load(str(graph))
@@ -63,9 +69,9 @@ def check_vision(export_dir: Path, repeats: int, fp16_path: Path | None) -> bool
     ok = True
     for name, grid in GRIDS.items():
         grid = np.asarray(grid, np.int64)
-        pixels = np.random.default_rng(0).uniform(-1, 1, (int(grid.prod(axis=1).sum()), 1536)).astype(np.float32)
+        pixels = np.random.default_rng(0).uniform(-1, 1, (int(grid.prod(axis=1).sum()), patch_dim)).astype(np.float32)
         feeds = {"pixel_values": pixels, "grid_thw": grid}
-        results = {k: _timed(lambda s=s: s.run(None, feeds), repeats) for k, s in sessions.items()}
+        results = {k: _timed(lambda s=s, feeds=feeds: s.run(None, feeds), repeats) for k, s in sessions.items()}
         reference = results["cpu fp32"][0]
         for runner, (outputs, seconds) in results.items():
             rel, cosine = _errors(outputs[0], reference[0])
@@ -80,7 +86,7 @@ def check_decoder(export_dir: Path, repeats: int) -> bool:
     from qvl_compile.runtime.decoder import TextDecoder
 
     ok = True
-    decoders = {p: TextDecoder.from_export(export_dir, providers=[p] + (["CPUExecutionProvider"] if p != "CPUExecutionProvider" else []))
+    decoders = {p: TextDecoder.from_export(export_dir, providers=_with_cpu_fallback(p))
                 for p in ("CPUExecutionProvider", "CUDAExecutionProvider")}
     ids = np.random.default_rng(1).integers(0, min(decoders["CPUExecutionProvider"].facts.vocab_size, 150000), (1, 512))
     positions = np.broadcast_to(np.arange(512), (3, 1, 512)).copy()

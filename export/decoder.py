@@ -18,13 +18,12 @@ import onnx
 from qvl_compile.config import ModelConfig
 from qvl_compile.contract import KV_IN_PLACE, DecoderShape, cache_names
 from qvl_compile.errors import QvlError
-from qvl_compile.export.component import (CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph,
-                                          stage_aside)
+from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, stage_aside
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import verify_decoder_graph
 
 DECODER_FILE = "decoder.onnx"
-LM_HEAD_NODE_HINT = "lm_head"
+LM_HEAD = "lm_head"  # the rewritten decoder's attribute (rewrite/decoder.py), hence its initializer's prefix
 
 
 def decoder_shape(ctx: ExportContext) -> DecoderShape:
@@ -80,8 +79,9 @@ def _translation_table() -> dict:
     return {torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx}
 
 
-def _is_lm_head(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
-    return any(out.name in node.output for out in model.graph.output) or LM_HEAD_NODE_HINT in node.name
+def _is_lm_head(node: onnx.NodeProto) -> bool:
+    """The MatMul whose weight is the rewrite's `lm_head.weight_t` initializer (TransposedLinear's [in, out])."""
+    return len(node.input) > 1 and node.input[1].split(".")[0] == LM_HEAD
 
 
 def quantize_int4(fp32_path: Path, out_path: Path, options: QuantOptions, external: bool) -> dict[str, int]:
@@ -90,7 +90,7 @@ def quantize_int4(fp32_path: Path, out_path: Path, options: QuantOptions, extern
 
     model = onnx.load(str(fp32_path))
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
-    exclude = [] if options.quantize_lm_head else [n.name for n in matmuls if _is_lm_head(model, n)]
+    exclude = [] if options.quantize_lm_head else [n.name for n in matmuls if _is_lm_head(n)]
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=options.symmetric,
                                      accuracy_level=options.accuracy_level, nodes_to_exclude=exclude)
     quantizer.process()

@@ -87,7 +87,7 @@ def decoder_parity(decoder: TextDecoder, reference_model, family: Family, steps:
         if int(call.position_ids.flatten()[0]) != next_position + step:
             raise QvlError(f"decode step {step}: transformers used position {call.position_ids.flatten().tolist()}, "
                            f"the runtime {next_position + step}")
-    ref_tokens = [int(l[0, -1].argmax()) for l in ref_logits]
+    ref_tokens = [int(step[0, -1].argmax()) for step in ref_logits]
     steps_rel = [max_rel(got, ref.numpy()) for got, ref in zip(step_logits, ref_logits[1:])]
     return DecoderParity(prefill_rel, steps_rel, tokens, ref_tokens, tolerance)
 
@@ -120,13 +120,13 @@ def fake_quant_reference(hf_model, graph_path, family: Family, in_place: bool = 
     """`hf_model` (a copy unless `in_place`) whose quantized linears hold the graph's dequantized INT4 weights."""
     model = onnx.load(str(graph_path), load_external_data=False)
     base_dir = str(Path(graph_path).parent)
+    nodes = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    wanted = {name for node in nodes for name in node.input[1:] if name}  # packed B, scales, zero points
     initializers = {t.name: numpy_helper.to_array(t, base_dir=base_dir) for t in model.graph.initializer
-                    if t.name.endswith(("_Q4", "_scales", "_zero_points"))}
+                    if t.name in wanted}
     ref = hf_model if in_place else copy.deepcopy(hf_model)
     replaced = 0
-    for node in model.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
+    for node in nodes:
         weight = torch.from_numpy(dequantize_matmul_nbits(node, initializers))
         target = family.projection_module(ref, node.input[1])
         target.weight = torch.nn.Parameter(weight, requires_grad=False)  # also unties a tied lm_head

@@ -16,9 +16,9 @@ log = logging.getLogger(__name__)
 
 def fuse_gelu(path: Path, external: bool) -> dict[str, int]:
     """Rewrite the graph at `path` in place; returns the counts of the fused ops."""
-    from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxruntime.transformers.fusion_fastgelu import FusionFastGelu
     from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(path)))
     FusionFastGelu(model).apply()

@@ -43,7 +43,7 @@ class Stages:
             yield
         except QvlError as exc:
             raise QvlError(f"{label} failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - any library failure becomes a named stage failure
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise QvlError(f"{label} failed: {type(exc).__name__}: {first}") from exc
         self.seconds[name] = round(time.perf_counter() - start, 2)

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qvl_compile.errors import QvlError
-from qvl_compile.export.component import (CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph,
-                                          stage_aside)
+from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, stage_aside
 from qvl_compile.export.fusion import fuse_gelu
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX
 from qvl_compile.export.verify import vision_parity

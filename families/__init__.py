@@ -1,4 +1,4 @@
 """The model families qvl-compile supports, one subpackage each; importing this package registers them."""
-from qvl_compile.families import qwen3_vl  # noqa: F401 - registers on import
+from qvl_compile.families import qwen3_vl
 
 __all__ = ["qwen3_vl"]

@@ -1,1 +1,1 @@
-"""PyTorch references and golden data (export side)."""
+"""Golden data and its generator: transformers' answers for each family's tiny model (`store.py` reads them torch-free)."""

@@ -24,11 +24,19 @@ from PIL import Image
 from qvl_compile.config import ModelConfig
 from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.grids import GRID_MATRIX
+from qvl_compile.families.qwen3_vl.loaders import load_image_processor, load_vision_model, reference_vision
 from qvl_compile.families.qwen3_vl.reference import build_prompt, run_reference, with_token_types
 from qvl_compile.golden.media import VIDEO_NAME, write_media
-from qvl_compile.families.qwen3_vl.loaders import load_image_processor, load_vision_model, reference_vision
-from qvl_compile.golden.store import (EXACT, GOLDEN_FORMAT, INDEX_NAME, Tolerance, array_digest, decoded_digest,
-                                      pixels_from_seed, write_case)
+from qvl_compile.golden.store import (
+    EXACT,
+    GOLDEN_FORMAT,
+    INDEX_NAME,
+    Tolerance,
+    array_digest,
+    decoded_digest,
+    pixels_from_seed,
+    write_case,
+)
 from qvl_compile.manifest import sha256_file
 from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE
 from qvl_compile.registry import family_named
@@ -169,7 +177,7 @@ def _decoder_case(out: Path, name: str, model, tolerance: Tolerance, params: dic
                        "visual_embeds": visual, "deepstack_embeds": deepstack, "step_tokens": steps,
                        "step_positions": positions},
                outputs={"prefill_logits": (logits[0].numpy(), tolerance),
-                        "step_logits": (np.concatenate([l[0, -1:].numpy() for l in logits[1:]]), tolerance)},
+                        "step_logits": (np.concatenate([step[0, -1:].numpy() for step in logits[1:]]), tolerance)},
                notes="prefill of a multimodal prompt (logits at every position), then cached steps fed step_tokens; "
                      "visual and DeepStack features and positions are what transformers gave its text stack")
     return name

@@ -60,7 +60,7 @@ def handle_errors(func):
             _fail(f"{exc}; this command needs the export extra: pip install 'qvl-compile[export]' torch==2.13.0")
         except KeyboardInterrupt:
             _fail("interrupted; no partial output was left behind")
-        except Exception as exc:  # noqa: BLE001 - the terminal gets one line; --debug gets the traceback
+        except Exception as exc:
             if debug:
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -31,6 +31,7 @@ class Family:
     model_types: tuple[str, ...] = ()  # config.json model_type values this family reads
     architectures: tuple[str, ...] = ()  # config.json architectures, for messages
     random_architectures: tuple[str, ...] = ()  # names `qvl-compile random` takes (released sizes)
+    golden_folder: str = ""  # its tiny model's goldens, relative to the golden package (golden/)
 
     # --- config (torch-free) ---
     def parse_config(self, raw: dict[str, Any], source: str) -> "ModelConfig":
@@ -59,8 +60,25 @@ class Family:
     def text_decoder(self, hf_model, config: "ModelConfig", consume: bool = False):
         raise NotImplementedError
 
-    def references(self):
-        """The module of PyTorch reference helpers (vision outputs, decoder prompts and runs, fake quant)."""
+    def decoder_projections(self, config: "ModelConfig") -> int:
+        """How many projection MatMuls the decoder graph holds besides the lm_head (what INT4 quantizes)."""
+        raise NotImplementedError
+
+    # --- PyTorch references (export side: torch) ---
+    def reference_vision(self, hf_visual, pixel_values, grid_thw):
+        """Eager (image_embeds, deepstack_embeds) of the transformers vision model."""
+        raise NotImplementedError
+
+    def projection_module(self, hf_model, initializer_name: str):
+        """The linear layer of the transformers model an exported projection weight came from (fake quant)."""
+        raise NotImplementedError
+
+    def build_prompt(self, hf_config, parts, seed: int = 0):
+        """A multimodal prompt of random text and media parts, laid out as the processor lays it out."""
+        raise NotImplementedError
+
+    def run_reference(self, hf_model, prompt, next_tokens):
+        """(logits per call, recorded text-stack inputs): prefill, then teacher-forced cached steps."""
         raise NotImplementedError
 
     # --- fixtures ---

@@ -21,9 +21,9 @@ from tokenizers import Tokenizer
 
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import check_files, read_manifest
+from qvl_compile.registry import family_named
 from qvl_compile.runtime.decoder import TextDecoder
 from qvl_compile.runtime.preprocess import ImageProcessorConfig, load_image, preprocess_image, to_rgb
-from qvl_compile.registry import family_named
 from qvl_compile.runtime.prompt import RESERVED_TOKENS, load_chat_template, user_message
 from qvl_compile.runtime.sampling import SamplingConfig, next_token
 from qvl_compile.runtime.video import Video, VideoProcessorConfig, preprocess_video, read_video
@@ -134,10 +134,11 @@ class Pipeline:
 
     def generate(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
                  seed: int | None = None, sampling: SamplingConfig | None = None) -> GenerationResult:
-        ids, text = [], ""
-        for token, text in self.stream(prompt, images, video, max_new_tokens, greedy, seed, sampling):
+        ids, shown = [], ""
+        for token, so_far in self.stream(prompt, images, video, max_new_tokens, greedy, seed, sampling):
             ids.append(token)
-        return GenerationResult(text, ids)
+            shown = so_far
+        return GenerationResult(shown, ids)
 
 
 __all__ = ["Pipeline", "GenerationResult", "PreparedPrompt", "SamplingConfig", "replace"]

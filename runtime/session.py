@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import onnxruntime as ort
 
-from qvl_compile.errors import QvlError
 from qvl_compile.contract import SOURCE_KEY, Artifact
+from qvl_compile.errors import QvlError
 
 
 def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0,

@@ -1,8 +1,8 @@
 """Bad export inputs (tests/bad_inputs.py): one `error:` line and exit 1 from the CLI, QvlError from the API,
 and nothing written where the output would have gone."""
 import pytest
-
 from bad_inputs import EXPORT_CASES, Context, check_cli
+
 from qvl_compile.errors import QvlError
 
 

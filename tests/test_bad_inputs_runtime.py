@@ -3,8 +3,8 @@
 Torch-free: runs on the tiny model's fp32 export (built here with torch, or QVL_GOLDEN_EXPORTS).
 """
 import pytest
-
 from bad_inputs import RUNTIME_CASES, Context, check_cli
+
 from qvl_compile.errors import QvlError
 
 pytestmark = pytest.mark.torch_free

@@ -18,6 +18,7 @@ def test_gpu_check_skips_with_a_clear_message_on_cpu(tmp_path):
     assert result.stdout.startswith("skipped: onnxruntime") and "no CUDAExecutionProvider" in result.stdout
 
 
+@pytest.mark.slow  # a machine-dependent figure
 def test_read_bandwidth_is_measured():
     sys.path.insert(0, str(ROOT / "bench"))
     try:

@@ -10,7 +10,7 @@ from qvl_compile.families.qwen3_vl.fixtures import arch_dir
 @pytest.mark.parametrize("arch", ["2b", "4b", "8b"])
 def test_released_architectures_parse(arch):
     cfg = ModelConfig.from_dir(arch_dir(arch))
-    assert cfg.vision.patch_dim == 1536
+    assert cfg.vision.patch_dim == 3 * 2 * 16 * 16  # RGB x 2 frames x 16x16 pixels, as released
     assert cfg.vision.spatial_merge_size == 2
     assert cfg.text.mrope_section == (24, 20, 20) and cfg.text.mrope_interleaved
     assert cfg.image_token_id == 151655

@@ -8,8 +8,13 @@ import torch
 from onnx import numpy_helper
 
 from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.decoder_verify import (decoder_parity, dequantize_matmul_nbits, fake_quant_reference,
-                                               next_token_agreement, with_accuracy_level)
+from qvl_compile.export.decoder_verify import (
+    decoder_parity,
+    dequantize_matmul_nbits,
+    fake_quant_reference,
+    next_token_agreement,
+    with_accuracy_level,
+)
 from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE
 from qvl_compile.registry import family_named
 from qvl_compile.runtime.decoder import TextDecoder
@@ -20,6 +25,12 @@ FAMILY = family_named("qwen3_vl")
 TEST_PROMPT = (("text", 3), ("video", (3, 4, 6)), ("text", 4), ("image", (1, 8, 4)), ("image", (1, 2, 2)),
                ("text", 6))
 STEPS = 16
+
+
+def projection_count(hf_model) -> int:
+    """Linear layers of transformers' own text stack, plus the lm_head: what INT4 must quantize."""
+    text = hf_model.model.language_model
+    return sum(isinstance(m, torch.nn.Linear) for m in text.layers.modules()) + 1
 
 
 @pytest.fixture(scope="module")
@@ -72,33 +83,38 @@ def test_dequantizer_reproduces_the_original_weights(int4_export, hf_model):
     model = onnx.load(str(int4_export / "decoder.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nodes) == 7 * 4 + 1  # q k v o gate up down per layer, and the lm_head
+    assert len(nodes) == projection_count(hf_model)
     node = next(n for n in nodes if n.input[1].startswith("layers.2.up_proj"))
     got = dequantize_matmul_nbits(node, inits)  # [N, K]
     original = hf_model.model.language_model.layers[2].mlp.up_proj.weight.detach().numpy()
-    scales = inits[node.input[2]].reshape(original.shape[0], -1)  # [N, K/32]
-    step = np.repeat(scales, 32, axis=1)[:, : original.shape[1]]
+    scales = inits[node.input[2]].reshape(original.shape[0], -1)  # [N, K/block]
+    block = next(a.i for a in node.attribute if a.name == "block_size")
+    step = np.repeat(scales, block, axis=1)[:, : original.shape[1]]
     assert got.shape == original.shape
     steps_off = np.abs(got - original) / np.abs(step)
     assert steps_off.max() <= 1.0 + 1e-5
     assert (steps_off <= 0.5 + 1e-5).mean() > 0.97
 
 
-def test_interface_and_counts(int4_export):
+def test_interface_and_counts(int4_export, hf_model):
     model = onnx.load(str(int4_export / "decoder.onnx"))
     names = [i.name for i in model.graph.input]
     assert names[:6] == ["input_ids", "position_ids", "visual_embeds", "deepstack_embeds", "logit_positions",
                          "attention_mask"]
-    assert names[6:] == [f"past_key_values.{i}.key" for i in range(4)] + [f"past_key_values.{i}.value" for i in range(4)]
+    layers = hf_model.config.text_config.num_hidden_layers
+    assert names[6:] == ([f"past_key_values.{i}.key" for i in range(layers)]
+                         + [f"past_key_values.{i}.value" for i in range(layers)])
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(model.graph.input) + list(model.graph.output)}
     assert dims["position_ids"] == [3, "batch", "seq"]
-    assert dims["past_key_values.0.key"] == ["batch", 2, "past_seq", 32]
+    text = hf_model.config.text_config
+    kv_dims = [text.num_key_value_heads, text.head_dim]
+    assert dims["past_key_values.0.key"] == ["batch", kv_dims[0], "past_seq", kv_dims[1]]
     assert dims["attention_mask"] == ["batch", "total_seq"]
-    assert dims["present.3.value"] == ["batch", 2, "present_seq", 32]
-    assert dims["logits"] == ["batch", "num_logits", 832]
+    assert dims[f"present.{layers - 1}.value"] == ["batch", kv_dims[0], "present_seq", kv_dims[1]]
+    assert dims["logits"] == ["batch", "num_logits", text.vocab_size]
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    assert ops["MatMulNBits"] == 29
+    assert ops["MatMulNBits"] == projection_count(hf_model)
 
 
 def test_batch_of_two_text_prompts_matches_transformers(fp32_export, hf_model):
@@ -152,3 +168,18 @@ def test_in_place_cache_matches_the_grown_cache(fp32_export):
     assert np.array_equal(in_place.keys[0], grown.keys[0]) and np.array_equal(in_place.values[3], grown.values[3])
     with pytest.raises(QvlError, match="holds 17 rows; 17 used \\+ 1 new do not fit"):
         decoder.forward(np.array([[1]]), np.full((3, 1, 1), 17, np.int64), in_place)
+
+
+def test_no_quantize_lm_head_keeps_it_fp32(tiny_dir, hf_model, tmp_path):
+    """--no-quantize-lm-head: every projection but the lm_head becomes MatMulNBits; the lm_head stays a MatMul
+    on its fp32 [hidden, vocab] weight."""
+    from qvl_compile.export.pipeline import export_model
+
+    export_model(tiny_dir, tmp_path / "out", component="decoder", quant=QuantOptions(quantize_lm_head=False))
+    model = onnx.load(str(tmp_path / "out" / "decoder.onnx"))
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["MatMulNBits"] == projection_count(hf_model) - 1
+    weights = {t.name: t for t in model.graph.initializer}
+    head = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    text = hf_model.config.text_config
+    assert [list(weights[n.input[1]].dims) for n in head] == [[text.hidden_size, text.vocab_size]]

@@ -9,12 +9,12 @@ penalty keeps the random tiny model from repeating one token (plain greedy is ch
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_video
 from PIL import Image
 
 from qvl_compile.families.qwen3_vl.reference import with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
-from conftest import write_random_video
 
 NEW_TOKENS = 24
 
@@ -40,9 +40,7 @@ def media(tmp_path_factory):
 def hf(tiny_dir):
     from transformers import AutoTokenizer
 
-    from qvl_compile.families.qwen3_vl.loaders import load_full_model
-
-    from qvl_compile.families.qwen3_vl.loaders import load_image_processor
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model, load_image_processor
 
     return load_full_model(tiny_dir), load_image_processor(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
 

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_video
+from tiny_facts import PATCH_DIM
 
-from qvl_compile.golden.store import pixels_from_seed
 from qvl_compile.families.qwen3_vl.reference import with_token_types
+from qvl_compile.golden.store import pixels_from_seed
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
 from qvl_compile.runtime.vision import VisionEncoder
-from conftest import write_random_video
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ def test_long_video_grid_matches_eager(vision_export, hf_visual):
     from qvl_compile.families.qwen3_vl.loaders import reference_vision
 
     grid = np.array([[24, 32, 32]], np.int64)
-    pixels = pixels_from_seed(int(grid.prod()), 1536, seed=5)
+    pixels = pixels_from_seed(int(grid.prod()), PATCH_DIM, seed=5)
     out = VisionEncoder.from_export(vision_export)(pixels, grid)
     merged, deepstack = reference_vision(hf_visual, torch.from_numpy(pixels), torch.from_numpy(grid))
     for got, ref in ((out.image_embeds, merged.numpy()), (out.deepstack_embeds, deepstack.numpy())):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_facts import PATCH_DIM
 
-from qvl_compile.parity import FP32_TOLERANCE, max_rel
-from qvl_compile.families.qwen3_vl.reference import build_prompt
 from qvl_compile.families.qwen3_vl.loaders import reference_vision
+from qvl_compile.families.qwen3_vl.reference import build_prompt
 from qvl_compile.golden.store import pixels_from_seed
+from qvl_compile.parity import FP32_TOLERANCE, max_rel
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.vision import VisionEncoder
 
@@ -38,7 +39,7 @@ def encoder(vision_export):
 @given(grids=grid_sets, seed=st.integers(0, 2**16))
 def test_vision_graph_matches_pytorch_on_random_grid_sets(encoder, hf_visual, grids, seed):
     grid = np.asarray(grids, np.int64)  # [num_grids, 3]
-    pixels = pixels_from_seed(int(np.prod(grid, axis=1).sum()), 1536, seed)  # [num_patches, 1536]
+    pixels = pixels_from_seed(int(np.prod(grid, axis=1).sum()), PATCH_DIM, seed)  # [num_patches, PATCH_DIM]
     got = encoder(pixels, grid)
     ref_embeds, ref_deepstack = reference_vision(hf_visual, torch.from_numpy(pixels), torch.from_numpy(grid))
     assert got.image_embeds.shape == tuple(ref_embeds.shape)

@@ -8,8 +8,8 @@ pytestmark = pytest.mark.slow
 
 def test_2b_vision_exports_and_matches_eager(tmp_path):
     from qvl_compile.export.pipeline import export_model
-    from qvl_compile.families.qwen3_vl.fixtures import arch_dir, write_random
     from qvl_compile.export.verify import verify_export
+    from qvl_compile.families.qwen3_vl.fixtures import arch_dir, write_random
 
     model = write_random(arch_dir("2b"), tmp_path / "model", seed=0, vision_only=True)
     out = tmp_path / "out"

@@ -1,6 +1,7 @@
 """The rewritten tower in PyTorch against the eager transformers tower (before any ONNX)."""
 import pytest
 import torch
+from tiny_facts import PATCH_DIM
 
 from qvl_compile.export.grids import GRID_MATRIX, random_pixels
 from qvl_compile.families.qwen3_vl.loaders import reference_vision
@@ -13,7 +14,7 @@ TOLERANCE = 1e-5
 @pytest.mark.parametrize("name", list(GRID_MATRIX))
 def test_rewritten_tower_matches_eager(hf_visual, name):
     grid = GRID_MATRIX[name]
-    pixels = torch.from_numpy(random_pixels(grid, 1536, seed=7))
+    pixels = torch.from_numpy(random_pixels(grid, PATCH_DIM, seed=7))
     ref, ref_deep = reference_vision(hf_visual, pixels, torch.tensor(grid))
     with torch.no_grad():
         got, got_deep = RewrittenVisionTower(hf_visual).eval()(pixels, torch.tensor(grid, dtype=torch.int32))
@@ -25,7 +26,7 @@ def test_rewritten_tower_matches_eager(hf_visual, name):
 def test_frame_attention_does_not_cross_frames(hf_visual):
     """Changing frame 2 of a video must leave frame 1's outputs unchanged (attention is per frame)."""
     grid = torch.tensor([[2, 4, 4]])
-    pixels = torch.from_numpy(random_pixels(grid.tolist(), 1536, seed=3))
+    pixels = torch.from_numpy(random_pixels(grid.tolist(), PATCH_DIM, seed=3))
     changed = pixels.clone()
     changed[16:] += 1.0
     tower = RewrittenVisionTower(hf_visual).eval()

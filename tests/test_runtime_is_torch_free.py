@@ -16,6 +16,8 @@ def test_importing_runtime_loads_no_torch():
     code = (
         "import sys, qvl_compile, qvl_compile.runtime, qvl_compile.config, qvl_compile.manifest, qvl_compile.cli\n"
         "import qvl_compile.runtime.pipeline, qvl_compile.runtime.video, qvl_compile.golden.store, av\n"
+        "import qvl_compile.contract, qvl_compile.parity, qvl_compile.registry\n"
+        "assert qvl_compile.registry.family_named('qwen3_vl').name == 'qwen3_vl'  # the runtime's family lookup\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
         "print(','.join(bad))"
     )
@@ -33,7 +35,8 @@ def _imports(path: Path):
 
 def test_runtime_sources_import_nothing_from_the_export_side():
     files = sorted((ROOT / "runtime").glob("*.py")) + [ROOT / "qvl_compile" / n for n in
-                                                        ("config.py", "manifest.py", "errors.py", "__init__.py")]
+                                                        ("config.py", "manifest.py", "errors.py", "__init__.py", "contract.py",
+                                                         "parity.py", "registry.py", "jsonfile.py")]
     files.append(ROOT / "golden" / "store.py")  # the goldens are read in the torch-free stage
     offenders = {f"{path.name}: {name}" for path in files for name in _imports(path)
                  if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)}

@@ -99,8 +99,13 @@ def test_sampling_steps():
 @pytest.mark.parametrize("temperature, top_k, top_p, penalty", [(0.7, 20, 0.8, 1.0), (1.3, 0, 0.5, 1.2),
                                                                  (1.0, 5, 1.0, 2.0), (0.5, 0, 0.95, 1.0)])
 def test_filters_match_transformers_warpers(temperature, top_k, top_p, penalty):
-    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     from qvl_compile.runtime.sampling import filtered_logits
 

@@ -9,13 +9,14 @@ path of a video prompt is compared with transformers' own generate().
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_video
+from tiny_facts import PATCH_DIM
 
 from qvl_compile.families.qwen3_vl.reference import build_prompt, run_reference, with_token_types
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.rope_index import mrope_position_ids
 from qvl_compile.runtime.sampling import SamplingConfig
 from qvl_compile.runtime.video import VideoProcessorConfig, preprocess_video, read_video
-from conftest import write_random_video
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_sampling_grouping_and_timestamps(clip, tiny_dir):
     video = read_video(clip, cfg)
     assert video.fps == 10 and video.indices == [0, 6, 12, 17, 23, 29]  # int(30 / 10 * 2) = 6 frames
     pixels, grid, stamps = preprocess_video(video, cfg)
-    assert grid[0] == 3 and pixels.shape == (grid[0] * grid[1] * grid[2], 1536)
+    assert grid[0] == 3 and pixels.shape == (grid[0] * grid[1] * grid[2], PATCH_DIM)
     # Each temporal patch: mean time of its two frames.
     assert stamps == pytest.approx([0.3, 1.45, 2.6])
 

@@ -6,12 +6,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from tiny_facts import OUT_HIDDEN, PATCH_DIM, VISION
 
 from qvl_compile.errors import QvlError
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX, random_pixels
 from qvl_compile.export.verify import vision_parity
-from qvl_compile.registry import family_named
 from qvl_compile.manifest import sha256_file
+from qvl_compile.registry import family_named
 from qvl_compile.runtime.vision import VisionEncoder
 
 
@@ -42,12 +43,12 @@ def test_interface(vision_export):
                          [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
 
     assert sig(model.graph.input) == {
-        "pixel_values": (onnx.TensorProto.FLOAT, ["num_patches", 1536]),
+        "pixel_values": (onnx.TensorProto.FLOAT, ["num_patches", PATCH_DIM]),
         "grid_thw": (onnx.TensorProto.INT64, ["num_grids", 3]),
     }
     outputs = sig(model.graph.output)
-    assert outputs["image_embeds"] == (onnx.TensorProto.FLOAT, ["num_merged", 64])
-    assert outputs["deepstack_embeds"] == (onnx.TensorProto.FLOAT, [3, "num_merged", 64])
+    assert outputs["image_embeds"] == (onnx.TensorProto.FLOAT, ["num_merged", OUT_HIDDEN])
+    assert outputs["deepstack_embeds"] == (onnx.TensorProto.FLOAT, [VISION.num_deepstack, "num_merged", OUT_HIDDEN])
 
 
 def _all_nodes(graph):
@@ -77,7 +78,7 @@ def test_index_math_is_int64_and_attention_is_per_segment(vision_export):
 def test_graph_alone_refuses_int32_grid_with_a_clear_error(vision_export):
     """The graph declares int64; ORT names the mismatch. VisionEncoder casts instead (tested above)."""
     session = ort.InferenceSession(str(vision_export / "vision.onnx"), providers=["CPUExecutionProvider"])
-    pixels = random_pixels(((1, 4, 4),), 1536, seed=0)
+    pixels = random_pixels(((1, 4, 4),), PATCH_DIM, seed=0)
     with pytest.raises(Exception, match=r"tensor\(int32\).*expected.*tensor\(int64\)"):
         session.run(None, {"pixel_values": pixels, "grid_thw": np.array([[1, 4, 4]], dtype=np.int32)})
 
@@ -104,14 +105,14 @@ def test_manifest_records_hashes_and_sources(vision_export, tiny_dir):
     ],
 )
 def test_encoder_rejects_bad_inputs_before_onnxruntime(encoder, pixels_rows, grid, message):
-    pixels = np.zeros((pixels_rows, 1536), dtype=np.float32)
+    pixels = np.zeros((pixels_rows, PATCH_DIM), dtype=np.float32)
     with pytest.raises(QvlError, match=message):
         encoder(pixels, np.array(grid))
 
 
 def test_encoder_rejects_wrong_pixel_width(encoder):
-    with pytest.raises(QvlError, match=r"expected shape \[num_patches, 1536\], got \[16, 768\]"):
-        encoder(np.zeros((16, 768), np.float32), np.array([[1, 4, 4]]))
+    with pytest.raises(QvlError, match=rf"expected shape \[num_patches, {PATCH_DIM}\], got \[16, {PATCH_DIM // 2}\]"):
+        encoder(np.zeros((16, PATCH_DIM // 2), np.float32), np.array([[1, 4, 4]]))
 
 
 def test_truncated_artifact_is_refused(vision_export, tmp_path):

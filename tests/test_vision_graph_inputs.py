@@ -8,6 +8,7 @@ The README's table states these; this test keeps it true.
 import numpy as np
 import onnxruntime as ort
 import pytest
+from tiny_facts import PATCH_DIM
 
 from qvl_compile.errors import QvlError
 from qvl_compile.runtime.vision import VisionEncoder
@@ -39,7 +40,7 @@ def raw_session(vision_dir):
 
 
 def _pixels(rows):
-    return np.random.default_rng(0).standard_normal((rows, 1536)).astype(np.float32)
+    return np.random.default_rng(0).standard_normal((rows, PATCH_DIM)).astype(np.float32)
 
 
 @pytest.mark.parametrize("name, rows, grid, raw, _", CASES, ids=[c[0] for c in CASES])

@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from tiny_facts import PATCH_DIM
 
 from qvl_compile.export.grids import GRID_MATRIX, random_pixels
 from qvl_compile.export.verify import verify_export
@@ -18,7 +19,7 @@ def test_gemm_to_matmul_keeps_the_graph_exact(vision_export, tmp_path):
     assert not any(n.op_type == "Gemm" for n in model.graph.node)
     onnx.save(model, str(tmp_path / "matmul.onnx"))
     grid = np.array(GRID_MATRIX["image + video"], np.int64)
-    feeds = {"pixel_values": random_pixels(grid, 1536, seed=3), "grid_thw": grid}
+    feeds = {"pixel_values": random_pixels(grid, PATCH_DIM, seed=3), "grid_thw": grid}
     before = ort.InferenceSession(str(vision_export / "vision.onnx")).run(None, feeds)
     after = ort.InferenceSession(str(tmp_path / "matmul.onnx")).run(None, feeds)
     for a, b in zip(before, after):

@@ -62,7 +62,7 @@ def _first_line(exc: BaseException) -> str:
     while inner.__cause__ is not None and inner.__cause__ is not inner:
         inner = inner.__cause__
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(inner)).strip()
-    line = next((l.strip() for l in text.splitlines() if l.strip()), "")
+    line = next((row.strip() for row in text.splitlines() if row.strip()), "")
     frames = [f for f in traceback.extract_tb(inner.__traceback__)
               if ("transformers" in f.filename or "qvl_compile" in f.filename or "/rewrite/" in f.filename)
               and "analysis" not in f.filename]
@@ -145,10 +145,8 @@ def _matches(got: list[np.ndarray], ref: list[torch.Tensor]) -> tuple[bool, floa
     return worst <= TOLERANCE, worst
 
 
-def probe_module(name: str, module: torch.nn.Module, first: Call, second: Call | None, exporter: str) -> Probe:
-    import onnxruntime as ort
-
-    result = Probe(name, type(module).__name__, exporter)
+def _leaves(first: Call, second: Call | None, result: Probe):
+    """(structure template, tensors of the first call, of the second or None); varying ints become tensors."""
     structure_a = (first.args, first.kwargs)
     structure_b = (second.args, second.kwargs) if second is not None else None
     changed = []
@@ -163,6 +161,14 @@ def probe_module(name: str, module: torch.nn.Module, first: Call, second: Call |
             leaves_b, result.note = None, "the second call's arguments have another structure"
     if changed:
         result.note = "Python ints that vary with the input, passed as tensors: " + "; ".join(changed)
+    return template, leaves_a, leaves_b
+
+
+def probe_module(name: str, module: torch.nn.Module, first: Call, second: Call | None, exporter: str) -> Probe:
+    import onnxruntime as ort
+
+    result = Probe(name, type(module).__name__, exporter)
+    template, leaves_a, leaves_b = _leaves(first, second, result)
     flat = FlatModule(module, template).eval()
     names = [f"input_{i}" for i in range(len(leaves_a))]
     with torch.no_grad():

@@ -15,12 +15,11 @@ from typing import Any
 
 import torch
 
-from qvl_compile.export.analysis.calls import record_calls
-from qvl_compile.export.analysis.constructs import find_constructs
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
-from qvl_compile.export.analysis.probe import (EXPORTERS, Probe, probe_module, quiet_exporters,
-                                               shared_torchlib_registry)
+from qvl_compile.export.analysis.calls import record_calls
+from qvl_compile.export.analysis.constructs import find_constructs
+from qvl_compile.export.analysis.probe import EXPORTERS, Probe, probe_module, quiet_exporters, shared_torchlib_registry
 from qvl_compile.export.grids import random_pixels
 from qvl_compile.registry import family_named
 

@@ -22,6 +22,7 @@ class Qwen3VL(Family):
     model_types = ("qwen3_vl",)
     architectures = ("Qwen3VLForConditionalGeneration",)
     random_architectures = ("2b", "4b", "8b")
+    golden_folder = "data"
 
     def parse_config(self, raw: dict[str, Any], source: str) -> ModelConfig:
         return parse_config(raw, source)

@@ -1,0 +1,82 @@
+"""The export -> runtime contract: typed manifest, format version, the tested migration from format 1.
+
+Torch-free: it reads the exports named by QVL_GOLDEN_EXPORTS (or builds them where torch is installed).
+"""
+import json
+import shutil
+
+import pytest
+
+from qvl_compile.contract import CPU_FP32, FORMAT, KV_GROWN, KV_IN_PLACE, DecoderArtifact, VisionArtifact, parse_manifest
+from qvl_compile.errors import QvlError
+from qvl_compile.manifest import read_manifest
+from qvl_compile.runtime.pipeline import Pipeline
+
+pytestmark = pytest.mark.torch_free
+
+
+def as_format_1(raw: dict) -> dict:
+    """What qvl-compile 0.1 wrote: no family, no target, no cache mode; text context inside model.text."""
+    old = {k: v for k, v in raw.items() if k != "family"}
+    old["format"] = "qvl-compile/1"
+    old["artifacts"] = {name: {k: v for k, v in artifact.items() if k not in ("target", "kv_cache")}
+                        for name, artifact in raw["artifacts"].items()}
+    old["options"] = {k: v for k, v in raw["options"].items() if k != "target"}
+    return old
+
+
+@pytest.fixture(scope="module")
+def fp32_raw(golden_exports):
+    return json.loads((golden_exports["fp32"] / "manifest.json").read_text())
+
+
+def test_the_manifest_parses_into_typed_artifacts(golden_exports):
+    manifest = read_manifest(golden_exports["fp32"])
+    assert manifest.format == FORMAT and manifest.family == "qwen3_vl"
+    vision, decoder = manifest.artifacts["vision"], manifest.artifacts["decoder"]
+    assert isinstance(vision, VisionArtifact) and isinstance(decoder, DecoderArtifact)
+    assert vision.target == CPU_FP32 and decoder.kv_cache == KV_IN_PLACE
+    assert vision.graph == "vision.onnx" and [i.name for i in vision.inputs] == ["pixel_values", "grid_thw"]
+    past_keys = decoder.shape.cache_names[0]
+    assert [i.name for i in decoder.inputs][6:6 + decoder.num_layers] == past_keys
+    assert parse_manifest(manifest.to_json()) == manifest  # what export writes, the runtime reads back
+
+
+def test_format_1_is_migrated(fp32_raw):
+    migrated = parse_manifest(as_format_1(fp32_raw))
+    assert migrated == parse_manifest(fp32_raw)
+
+
+def test_format_1_without_attention_mask_migrates_to_the_grown_cache(fp32_raw):
+    old = as_format_1(fp32_raw)
+    decoder = old["artifacts"]["decoder"]
+    decoder["inputs"] = [i for i in decoder["inputs"] if i["name"] != "attention_mask"]
+    assert parse_manifest(old).artifacts["decoder"].kv_cache == KV_GROWN
+
+
+def test_a_format_1_folder_generates_the_same_tokens(golden_exports, fp32_raw, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(golden_exports["fp32"], folder)
+    (folder / "manifest.json").write_text(json.dumps(as_format_1(fp32_raw)))
+    prompt = dict(prompt="Describe the picture.", max_new_tokens=6, greedy=True)
+    assert Pipeline(folder).generate(**prompt) == Pipeline(golden_exports["fp32"]).generate(**prompt)
+
+
+@pytest.mark.parametrize(("found", "message"), [
+    ("qvl-compile/0", r"format 'qvl-compile/0' is too old to read; re-export with qvl-compile export"),
+    ("qvl-compile/99", r"format 'qvl-compile/99' is newer than this qvl-compile reads \('qvl-compile/2'\); upgrade"),
+    ("something-else", r"expected format 'qvl-compile/2', got 'something-else'"),
+    (None, r"expected format 'qvl-compile/2', got None"),
+])
+def test_other_formats_are_refused_in_one_line(fp32_raw, found, message):
+    with pytest.raises(QvlError, match=message) as caught:
+        parse_manifest(dict(fp32_raw, format=found), where="out/manifest.json")
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("out/manifest.json: ")
+
+
+def test_an_unknown_family_is_refused_in_one_line(golden_exports, fp32_raw, tmp_path):
+    folder = tmp_path / "other"
+    shutil.copytree(golden_exports["fp32"], folder)
+    (folder / "manifest.json").write_text(json.dumps(dict(fp32_raw, family="qwen9_vl")))
+    with pytest.raises(QvlError, match="model family 'qwen9_vl' is not supported; expected one of qwen3_vl"):
+        Pipeline(folder)
