@@ -117,10 +117,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
         assets = [name for name in RUNTIME_ASSETS if (model_dir / name).is_file()]
         for name in assets:
             shutil.copy2(model_dir / name, work_dir / name)
-        model = dataclasses.asdict(config)
-        model["text"]["max_position_embeddings"] = config.max_position_embeddings  # where format 1 kept it
         manifest = Manifest(
-            format=FORMAT, family=family.name, source=source, model=model, versions=_versions(),
+            format=FORMAT, family=family.name, source=source, model=dataclasses.asdict(config), versions=_versions(),
             options={"component": component, "quant": dataclasses.asdict(quant),
                      "vision_quant": dataclasses.asdict(vision_quant), "target": dataclasses.asdict(target)},
             artifacts={name: artifacts[name] for name in ("vision", "decoder") if name in artifacts},

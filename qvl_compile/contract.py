@@ -140,7 +140,7 @@ class Manifest:
 
     @property
     def max_context(self) -> int | None:
-        return int(self.model["text"].get("max_position_embeddings", 0)) or None
+        return int(self.model.get("max_position_embeddings", 0)) or None
 
 
 def _tuple_of(kind, values) -> tuple:
@@ -167,7 +167,8 @@ def _artifact_from_json(name: str, raw: dict[str, Any], where: str) -> Artifact:
 
 def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
     """qvl-compile/1 -> /2: the family was implicit (Qwen3-VL), the target CPU fp32, and the decoder's cache
-    mode was probed from its inputs; now all three are recorded."""
+    mode was probed from its inputs; now all three are recorded. The context length moves from model.text
+    to model (beside model_type, as ModelConfig holds them)."""
     artifacts = {}
     for name, artifact in raw.get("artifacts", {}).items():
         artifact = dict(artifact, target=asdict(CPU_FP32))
@@ -175,7 +176,11 @@ def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
             inputs = {value["name"] for value in artifact.get("inputs", [])}
             artifact["kv_cache"] = KV_IN_PLACE if "attention_mask" in inputs else KV_GROWN
         artifacts[name] = artifact
-    return dict(raw, format=f"{FORMAT_PREFIX}2", family="qwen3_vl", artifacts=artifacts)
+    model = dict(raw.get("model", {}), model_type="qwen3_vl")
+    text = dict(model.get("text", {}))
+    model.setdefault("max_position_embeddings", text.pop("max_position_embeddings", 0))
+    model["text"] = text
+    return dict(raw, format=f"{FORMAT_PREFIX}2", family="qwen3_vl", model=model, artifacts=artifacts)
 
 
 MIGRATIONS = {1: _migrate_v1}  # version -> function to version + 1

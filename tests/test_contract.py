@@ -22,6 +22,8 @@ def as_format_1(raw: dict) -> dict:
     old["artifacts"] = {name: {k: v for k, v in artifact.items() if k not in ("target", "kv_cache")}
                         for name, artifact in raw["artifacts"].items()}
     old["options"] = {k: v for k, v in raw["options"].items() if k != "target"}
+    model = {k: v for k, v in raw["model"].items() if k not in ("model_type", "max_position_embeddings")}
+    old["model"] = model | {"text": model["text"] | {"max_position_embeddings": raw["model"]["max_position_embeddings"]}}
     return old
 
 
