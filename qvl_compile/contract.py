@@ -180,7 +180,8 @@ def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
     text = dict(model.get("text", {}))
     model.setdefault("max_position_embeddings", text.pop("max_position_embeddings", 0))
     model["text"] = text
-    return dict(raw, format=f"{FORMAT_PREFIX}2", family="qwen3_vl", model=model, artifacts=artifacts)
+    options = dict(raw.get("options", {}), target=asdict(CPU_FP32))
+    return dict(raw, format=f"{FORMAT_PREFIX}2", family="qwen3_vl", model=model, options=options, artifacts=artifacts)
 
 
 MIGRATIONS = {1: _migrate_v1}  # version -> function to version + 1
