@@ -31,7 +31,7 @@ class Ours:
             graph = export_dir / "decoder.onnx"
             variant = export_dir / f"decoder.accuracy{accuracy_level}.bench.onnx"
             with_accuracy_level(graph, accuracy_level, variant)
-            decoder = TextDecoder(variant, decoder.facts, intra_op_threads=threads)
+            decoder = TextDecoder(variant, decoder.facts, intra_op_threads=threads, kv_cache=decoder.artifact.kv_cache)
             variant.unlink()
         else:
             decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads)

@@ -141,6 +141,7 @@ def export_component(spec: ComponentSpec, ctx: ExportContext) -> dict[str, Any]:
     for step in spec.steps:
         with stages.run(step.name):
             step.run(ctx)
+        release_memory()  # e.g. the quantizer's copy of the model, before verification loads the reference
     ctx.reference = None
     model = onnx.load(str(ctx.path), load_external_data=False)
     return {

@@ -110,7 +110,7 @@ def tiny(out_dir: Path, seed: int, force: bool, model_type: str) -> None:
     quiet_libraries()
     family = family_named(model_type)
     family.write_tiny(out_dir, seed=seed, force=force)
-    click.echo(f"wrote tiny {family.name} checkpoint (seed {seed}) to {out_dir}")
+    click.echo(f"wrote tiny {family.display_name} checkpoint (seed {seed}) to {out_dir}")
 
 
 @main.command("random")

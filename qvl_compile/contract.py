@@ -205,10 +205,12 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
             raise QvlError(f"{where}: format {raw['format']!r} is too old to read; re-export with qvl-compile export")
         raw = MIGRATIONS[version](raw)
         version += 1
-    artifacts = {name: _artifact_from_json(name, value, where) for name, value in raw.get("artifacts", {}).items()}
     try:
+        artifacts = {name: _artifact_from_json(name, value, where) for name, value in raw.get("artifacts", {}).items()}
         return Manifest(format=FORMAT, family=raw["family"], source=raw["source"], model=raw["model"],
                         versions=raw.get("versions", {}), options=raw.get("options", {}), artifacts=artifacts,
                         assets=_tuple_of(FileRecord, raw.get("assets", [])))
     except KeyError as exc:
         raise QvlError(f"{where}: missing {exc.args[0]!r}; re-export the folder") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a record without a field, or with an unknown one
+        raise QvlError(f"{where}: not a readable manifest ({exc}); re-export the folder") from None

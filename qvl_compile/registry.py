@@ -28,6 +28,7 @@ class Family:
     """The per-family hooks. Subclasses set the class attributes and override every method."""
 
     name: str = ""  # the folder/module name, e.g. "qwen3_vl"
+    display_name: str = ""  # for people, e.g. "Qwen3-VL"
     model_types: tuple[str, ...] = ()  # config.json model_type values this family reads
     architectures: tuple[str, ...] = ()  # config.json architectures, for messages
     random_architectures: tuple[str, ...] = ()  # names `qvl-compile random` takes (released sizes)

@@ -82,3 +82,43 @@ def test_an_unknown_family_is_refused_in_one_line(golden_exports, fp32_raw, tmp_
     (folder / "manifest.json").write_text(json.dumps(dict(fp32_raw, family="qwen9_vl")))
     with pytest.raises(QvlError, match="model family 'qwen9_vl' is not supported; expected one of qwen3_vl"):
         Pipeline(folder)
+
+
+# The fields of format qvl-compile/2. Changing a contract dataclass without bumping FORMAT_VERSION (and adding
+# a migration or a refusal for the old format) fails here.
+FORMAT_2_FIELDS = {
+    "Manifest": ["format", "family", "source", "model", "versions", "options", "artifacts", "assets"],
+    "VisionArtifact": ["files", "inputs", "outputs", "opset", "target", "quant", "export_check", "stage_seconds",
+                       "source_sha256", "patch_dim", "spatial_merge_size", "out_hidden_size", "num_deepstack", "fused",
+                       "export_grid", "tolerance"],
+    "DecoderArtifact": ["files", "inputs", "outputs", "opset", "target", "quant", "export_check", "stage_seconds",
+                        "source_sha256", "num_layers", "num_key_value_heads", "head_dim", "hidden_size", "vocab_size",
+                        "num_deepstack", "image_token_id", "video_token_id", "kv_cache"],
+    "Target": ["io_dtype", "execution_provider"],
+    "FileRecord": ["path", "bytes", "sha256"],
+    "TensorRecord": ["name", "dtype", "shape"],
+}
+
+
+def test_the_contract_changes_only_with_its_version():
+    from dataclasses import fields
+
+    from qvl_compile import contract
+
+    assert contract.FORMAT_VERSION == 2, "a new format: record its fields here and test its migration"
+    found = {name: [f.name for f in fields(getattr(contract, name))] for name in FORMAT_2_FIELDS}
+    assert found == FORMAT_2_FIELDS
+
+
+@pytest.mark.parametrize("damage", ["drop opset", "extra file field", "drop family"])
+def test_a_damaged_manifest_is_refused_in_one_line(fp32_raw, damage):
+    raw = json.loads(json.dumps(fp32_raw))
+    if damage == "drop opset":
+        del raw["artifacts"]["decoder"]["opset"]
+    elif damage == "extra file field":
+        raw["artifacts"]["vision"]["files"][0]["colour"] = "blue"
+    else:
+        del raw["family"]
+    with pytest.raises(QvlError, match="re-export the folder") as caught:
+        parse_manifest(raw, where="out/manifest.json")
+    assert "\n" not in str(caught.value)

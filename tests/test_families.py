@@ -28,7 +28,7 @@ def test_family_overrides_every_hook(item):
     hooks = [name for name, value in inspect.getmembers(Family, inspect.isfunction) if not name.startswith("_")]
     missing = [name for name in hooks if getattr(type(family), name) is getattr(Family, name)]
     assert not missing, f"{family.name} does not implement {missing}"
-    assert family.model_types and family.architectures and family.golden_folder
+    assert family.model_types and family.architectures and family.golden_folder and family.display_name
 
 
 @pytest.mark.parametrize("item", REGISTERED, ids=[name for name, _ in REGISTERED])

@@ -19,6 +19,7 @@ from qvl_compile.runtime.rope_index import mrope_position_ids
 @register
 class Qwen3VL(Family):
     name = "qwen3_vl"
+    display_name = "Qwen3-VL"
     model_types = ("qwen3_vl",)
     architectures = ("Qwen3VLForConditionalGeneration",)
     random_architectures = ("2b", "4b", "8b")
