@@ -20,7 +20,13 @@ from safetensors.torch import save_file
 from qvl_compile.config import ModelConfig
 from qvl_compile.errors import QvlError
 from qvl_compile.export.atomic import atomic_output_dir
-from qvl_compile.families.qwen3_vl.tiny.tokenizer import build_tokenizer, special_token_ids, write_tokenizer
+from qvl_compile.export.checkpoint_files import INDEX_NAME
+from qvl_compile.families.qwen3_vl.tiny.tokenizer import (
+    build_released_size_tokenizer,
+    build_tokenizer,
+    special_token_ids,
+    write_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,12 @@ def _parameter_shapes(raw_config: dict, vision_only: bool) -> dict[str, tuple[in
 
 
 def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """Scale chosen per kind so activations stay O(1) and every parameter matters to parity."""
-    values = torch.randn(shape, generator=gen, dtype=torch.float32)
+    return _scaled(name, shape, torch.randn(shape, generator=gen, dtype=torch.float32))
+
+
+def _scaled(name: str, shape: tuple[int, ...], values: torch.Tensor) -> torch.Tensor:
+    """Scale chosen per kind so activations stay O(1) and every parameter matters to parity. `shape` is the
+    whole tensor's (the fan-in), `values` all of it or a block of its rows."""
     is_norm = "norm" in name and name.endswith(".weight") and len(shape) == 1
     if is_norm:
         return 1.0 + 0.1 * values
@@ -71,6 +81,35 @@ def _write_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool
     }
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     log.info("wrote %d tensors (%s, seed %d)", len(tensors), dtype, seed)
+
+
+# Rows of a large tensor drawn at once by the streaming writer: bounds its fp32 scratch to 64 MiB.
+CHUNK_ELEMENTS = 16 << 20
+# Shard size of real-size random checkpoints (released checkpoints use about 4-5 GB per shard).
+SHARD_BYTES = 4 << 30
+
+
+def _random_in_chunks(name: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """`_random_tensor` drawn block of rows by block of rows straight into `dtype`: the fp32 scratch never
+    exceeds CHUNK_ELEMENTS (the 8B embedding alone is 2.5 GB in fp32)."""
+    out = torch.empty(shape, dtype=dtype)
+    row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    step = max(1, CHUNK_ELEMENTS // row)
+    for start in range(0, shape[0] if shape else 1, step):
+        block = out[start:start + step] if shape else out
+        block.copy_(_scaled(name, shape, torch.randn(block.shape, generator=gen, dtype=torch.float32)))
+    return out
+
+
+def _stream_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool, shard_bytes: int) -> None:
+    """Real-size random weights, made tensor by tensor and streamed into shards: memory holds one tensor."""
+    from qvl_compile.export.checkpoint_files import TensorSpec, write_sharded
+
+    dtype = _DTYPES[raw_config.get("dtype") or raw_config.get("torch_dtype") or "float32"]
+    gen = torch.Generator().manual_seed(seed)
+    specs = [TensorSpec(name, shape, dtype) for name, shape in _parameter_shapes(raw_config, vision_only).items()]
+    files = write_sharded(out_dir, specs, lambda spec: _random_in_chunks(spec.name, spec.shape, dtype, gen), shard_bytes)
+    log.info("wrote %d tensors (%s, seed %d) in %d file(s)", len(specs), dtype, seed, len(files))
 
 
 def _generation_config(ids: dict[str, int]) -> dict:
@@ -122,16 +161,36 @@ def arch_dir(arch: str) -> Path:
     raise QvlError(f"architecture {arch!r}: expected 2b, 4b, 8b or a folder with config.json")
 
 
+def _write_released_size_tokenizer(raw: dict, folder: Path) -> None:
+    """A tokenizer with the released special-token ids and `vocab_size` entries, its chat template and the
+    released sampling defaults, so `generate` runs through the real CLI path at real size."""
+    text = raw["text_config"]
+    tok = build_released_size_tokenizer(int(text["vocab_size"]))
+    ids = special_token_ids(tok)
+    for key, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+        if key in raw and raw[key] != ids[token]:
+            raise QvlError(f"config.json {key} is {raw[key]}, the released-layout tokenizer has {token} at {ids[token]}")
+    write_tokenizer(tok, folder, model_max_length=int(text.get("max_position_embeddings", 32768)))
+    if not (folder / "generation_config.json").is_file():
+        (folder / "generation_config.json").write_text(json.dumps(_generation_config(ids), indent=2) + "\n")
+
+
 def write_random(arch_dir: str | Path, out_dir: str | Path, seed: int = 0, vision_only: bool = False,
-                 force: bool = False) -> Path:
-    """Random weights for a released architecture folder (config.json, preprocessor_config.json)."""
+                 force: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
+    """Random weights for a released architecture folder (config.json, preprocessor_config.json), written
+    tensor by tensor into safetensors shards of at most `shard_bytes` with an index, as released, with a
+    released-layout tokenizer unless the folder brings its own."""
     arch_dir = Path(arch_dir)
     ModelConfig.from_dir(arch_dir)
     if not (arch_dir / "preprocessor_config.json").is_file():
         raise QvlError(f"{arch_dir}: expected preprocessor_config.json beside config.json")
     raw = json.loads((arch_dir / "config.json").read_text())
     with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
-        for src in sorted(arch_dir.glob("*.json")):
-            (tmp / src.name).write_bytes(src.read_bytes())
-        _write_weights(raw, tmp, seed, vision_only=vision_only)
+        for src in sorted([*arch_dir.glob("*.json"), *arch_dir.glob("*.jinja"), *arch_dir.glob("merges.txt")]):
+            if src.name != INDEX_NAME:
+                (tmp / src.name).write_bytes(src.read_bytes())
+        if not (tmp / "tokenizer.json").is_file():  # the released architectures ship none; an ARCH_DIR may
+            _write_released_size_tokenizer(raw, tmp)
+        _stream_weights(raw, tmp, seed, vision_only, shard_bytes)
     return Path(out_dir)

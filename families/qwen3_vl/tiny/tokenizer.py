@@ -9,7 +9,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 # Qwen2/Qwen3 special tokens, in the order the released vocabulary lists them (ids 151643..151668).
 SPECIAL_TOKENS = (
@@ -26,6 +26,7 @@ _SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 BASE_VOCAB_SIZE = 1000
+RELEASED_FIRST_SPECIAL_ID = 151643  # <|endoftext|> in the released Qwen2/Qwen3 vocabulary
 
 
 def _package_text(name: str) -> str:
@@ -51,11 +52,27 @@ def build_tokenizer() -> Tokenizer:
     )
     lines = _package_text("corpus.txt").splitlines()
     tok.train_from_iterator(lines, trainer=trainer)
-    from tokenizers import AddedToken
-
     tok.add_special_tokens(
         [AddedToken(t, special=t not in _NON_SPECIAL, normalized=False) for t in SPECIAL_TOKENS]
     )
+    return tok
+
+
+def build_released_size_tokenizer(vocab_size: int) -> Tokenizer:
+    """The tiny tokenizer's BPE with the released layout: unreachable filler entries pad the learned vocabulary
+    to RELEASED_FIRST_SPECIAL_ID, so every special token sits at its released id (<|endoftext|> 151643,
+    <|image_pad|> 151655, ...), and reserved added tokens fill the ids up to the model's `vocab_size`.
+    Text still encodes with the small learned vocabulary; a random model's filler ids decode to their names."""
+    base = build_tokenizer()
+    state = json.loads(base.to_str())["model"]
+    vocab = {token: index for token, index in state["vocab"].items() if index < BASE_VOCAB_SIZE}
+    vocab |= {f"<|filler_{i}|>": i for i in range(len(vocab), RELEASED_FIRST_SPECIAL_ID)}
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = base.normalizer, base.pre_tokenizer, base.decoder
+    tok.add_special_tokens([AddedToken(t, special=t not in _NON_SPECIAL, normalized=False) for t in SPECIAL_TOKENS])
+    reserved = vocab_size - tok.get_vocab_size(with_added_tokens=True)
+    tok.add_tokens([AddedToken(f"<|reserved_{i}|>", special=False, normalized=False) for i in range(reserved)])
     return tok
 
 
