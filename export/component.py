@@ -14,9 +14,11 @@ both after translation unless the spec keeps the reference for verification, so 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ class ExportContext:
     model_dir: Path
     work_dir: Path
     target: Target
-    path: Path  # the component's graph in work_dir
+    path: Path = Path()  # the component's graph in work_dir, set by export_component
     weight_bytes: int = 0
     reference: Any = None  # the transformers model, while the spec keeps it for verification
     record: dict[str, Any] = field(default_factory=dict)  # artifact fields the steps measured
@@ -125,6 +127,7 @@ def graph_files(work_dir: Path, file_name: str) -> list[str]:
 def export_component(spec: ComponentSpec, ctx: ExportContext) -> dict[str, Any]:
     """Write the component's graph into ctx.work_dir; return its artifact fields for the contract."""
     stages = Stages(spec.stage_names())
+    ctx.path = ctx.work_dir / spec.file_name
     with stages.run("load checkpoint"):
         hf_model = spec.load(ctx)
     with stages.run("rewrite"):
@@ -166,12 +169,16 @@ def check_graph(ctx: ExportContext) -> None:
     make_session(ctx.path, [ctx.target.execution_provider])
 
 
-def stage_aside(work_dir: Path, file_name: str) -> Path:
-    """Move a graph and its external data into a new folder of work_dir (a pass then writes file_name anew);
-    the graph's relative external-data location stays valid there."""
+@contextlib.contextmanager
+def set_aside(work_dir: Path, file_name: str) -> Iterator[Path]:
+    """Move a graph and its external data into a folder of work_dir for a pass that writes file_name anew
+    (the graph's relative external-data location stays valid there); the folder is removed afterwards."""
     names = graph_files(work_dir, file_name)
     staged = work_dir / f"staging.{file_name}"
     staged.mkdir()
     for name in names:
         (work_dir / name).rename(staged / name)
-    return staged
+    try:
+        yield staged
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

@@ -8,7 +8,6 @@ lm_head unless excluded) becomes onnxruntime's `MatMulNBits`, made by onnxruntim
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import onnx
 from qvl_compile.config import ModelConfig
 from qvl_compile.contract import KV_IN_PLACE, DecoderShape, cache_names
 from qvl_compile.errors import QvlError
-from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, stage_aside
+from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, export_component, set_aside
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import verify_decoder_graph
 
@@ -105,9 +104,8 @@ def quantize_int4(fp32_path: Path, out_path: Path, options: QuantOptions, extern
 
 def _int4_pass(options: QuantOptions):
     def quantize(ctx: ExportContext) -> None:
-        staged = stage_aside(ctx.work_dir, DECODER_FILE)
-        counts = quantize_int4(staged / DECODER_FILE, ctx.path, options, ctx.external)
-        shutil.rmtree(staged)
+        with set_aside(ctx.work_dir, DECODER_FILE) as staged:
+            counts = quantize_int4(staged / DECODER_FILE, ctx.path, options, ctx.external)
         expected = ctx.family.decoder_projections(ctx.config) + (1 if options.quantize_lm_head else 0)
         if counts.get("MatMulNBits", 0) != expected:
             raise QvlError(f"expected {expected} MatMulNBits nodes, the quantizer made {counts.get('MatMulNBits', 0)}")
@@ -170,9 +168,6 @@ def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
 
 def export_decoder(ctx: ExportContext, options: QuantOptions) -> dict[str, Any]:
     """Write `decoder.onnx` (+ external data) into ctx.work_dir; return its artifact fields."""
-    from qvl_compile.export.component import export_component
-
-    ctx.path = Path(ctx.work_dir) / DECODER_FILE
     return export_component(decoder_spec(ctx.config, options), ctx)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from qvl_compile import __version__
 from qvl_compile.config import ModelConfig
-from qvl_compile.contract import ARTIFACT_TYPES, CPU_FP32, FORMAT, Artifact, Manifest, Target, TensorRecord
+from qvl_compile.contract import CPU_FP32, FORMAT, Artifact, Manifest, Target, artifact_from_dict
 from qvl_compile.errors import QvlError
 from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.checkpoint_files import weight_files
@@ -66,17 +66,6 @@ def _carry_over(out_dir: Path, work_dir: Path, source: dict[str, Any], keep: set
     return carried
 
 
-def _typed(name: str, fields: dict[str, Any]) -> Artifact:
-    """The component's artifact fields as its contract dataclass."""
-    fields = dict(fields)
-    for key in ("inputs", "outputs"):
-        fields[key] = tuple(TensorRecord(v["name"], v["dtype"], tuple(v["shape"])) for v in fields[key])
-    fields["files"] = tuple(fields["files"])
-    if "export_grid" in fields:
-        fields["export_grid"] = tuple(tuple(g) for g in fields["export_grid"])
-    return ARTIFACT_TYPES[name](**fields)
-
-
 def _check_options(component: str, quant: QuantOptions, vision_quant: VisionQuantOptions, target: Target) -> None:
     quant.validate()
     vision_quant.validate()
@@ -94,8 +83,8 @@ def _export_components(wanted, ctx_args: dict[str, Any], quant: QuantOptions, vi
     exporters = {"vision": lambda ctx: export_vision(ctx, vision_quant), "decoder": lambda ctx: export_decoder(ctx, quant)}
     artifacts = {}
     for name in wanted:
-        ctx = ExportContext(path=Path(), **ctx_args)
-        artifacts[name] = _typed(name, stamp_source(ctx.work_dir, exporters[name](ctx), digest))
+        ctx = ExportContext(**ctx_args)
+        artifacts[name] = artifact_from_dict(name, stamp_source(ctx.work_dir, exporters[name](ctx), digest))
     return artifacts
 
 

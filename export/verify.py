@@ -14,7 +14,7 @@ import torch
 from qvl_compile.config import ModelConfig
 from qvl_compile.contract import DecoderArtifact, VisionArtifact
 from qvl_compile.export.grids import GRID_MATRIX
-from qvl_compile.parity import FP32, INT8_VISION, Criteria, ParityRow, compare, int4_tolerance, random_pixels
+from qvl_compile.parity import FP32, FP32_TOLERANCE, INT8_VISION, Criteria, ParityRow, compare, int4_tolerance, random_pixels
 from qvl_compile.registry import Family, family_named
 from qvl_compile.runtime.vision import VisionEncoder
 
@@ -46,8 +46,6 @@ DECODER_STEPS = 16
 
 def decoder_tolerance(artifact: DecoderArtifact) -> float:
     """fp32: vs transformers. int4: vs transformers with the graph's dequantized weights, at its accuracy level."""
-    from qvl_compile.parity import FP32_TOLERANCE
-
     if artifact.quant.get("mode") == "int4":
         return int4_tolerance(int(artifact.quant.get("accuracy_level", 0)))
     return FP32_TOLERANCE

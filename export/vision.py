@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 from qvl_compile.errors import QvlError
-from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, stage_aside
+from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, export_component, set_aside
 from qvl_compile.export.fusion import fuse_gelu
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX
 from qvl_compile.export.verify import vision_parity
@@ -94,9 +92,8 @@ def _verifier(criteria: Criteria):
 
 
 def _quantize_int8(ctx: ExportContext) -> None:
-    staged = stage_aside(ctx.work_dir, VISION_FILE)
-    ctx.record["op_counts"] = quantize_vision(staged / VISION_FILE, ctx.path)
-    shutil.rmtree(staged)
+    with set_aside(ctx.work_dir, VISION_FILE) as staged:
+        ctx.record["op_counts"] = quantize_vision(staged / VISION_FILE, ctx.path)
 
 
 def _describe(quant: VisionQuantOptions):
@@ -137,9 +134,6 @@ def vision_spec(quant: VisionQuantOptions | None = None) -> ComponentSpec:
 
 def export_vision(ctx: ExportContext, quant: VisionQuantOptions | None = None) -> dict[str, Any]:
     """Write `vision.onnx` (and its external data) into ctx.work_dir; return its artifact fields."""
-    from qvl_compile.export.component import export_component
-
-    ctx.path = Path(ctx.work_dir) / VISION_FILE
     return export_component(vision_spec(quant), ctx)
 
 

@@ -147,7 +147,8 @@ def _tuple_of(kind, values) -> tuple:
     return tuple(kind(**v) if isinstance(v, dict) else v for v in values)
 
 
-def _artifact_from_json(name: str, raw: dict[str, Any], where: str) -> Artifact:
+def artifact_from_dict(name: str, raw: dict[str, Any], where: str = MANIFEST_NAME) -> Artifact:
+    """The typed artifact of its manifest.json entry, or of export's fields (records may already be typed)."""
     kind = ARTIFACT_TYPES.get(name)
     if kind is None:
         raise QvlError(f"{where}: unknown artifact {name!r}; expected one of {', '.join(ARTIFACT_TYPES)}")
@@ -159,7 +160,8 @@ def _artifact_from_json(name: str, raw: dict[str, Any], where: str) -> Artifact:
     values["files"] = _tuple_of(FileRecord, raw["files"])
     values["inputs"] = tuple(TensorRecord(v["name"], v["dtype"], tuple(v["shape"])) for v in raw["inputs"])
     values["outputs"] = tuple(TensorRecord(v["name"], v["dtype"], tuple(v["shape"])) for v in raw["outputs"])
-    values["target"] = Target(**raw.get("target", {}))
+    target = raw.get("target", {})
+    values["target"] = target if isinstance(target, Target) else Target(**target)
     if "export_grid" in values:
         values["export_grid"] = tuple(tuple(g) for g in values["export_grid"])
     return kind(**values)
@@ -206,7 +208,7 @@ def parse_manifest(raw: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
         raw = MIGRATIONS[version](raw)
         version += 1
     try:
-        artifacts = {name: _artifact_from_json(name, value, where) for name, value in raw.get("artifacts", {}).items()}
+        artifacts = {name: artifact_from_dict(name, value, where) for name, value in raw.get("artifacts", {}).items()}
         return Manifest(format=FORMAT, family=raw["family"], source=raw["source"], model=raw["model"],
                         versions=raw.get("versions", {}), options=raw.get("options", {}), artifacts=artifacts,
                         assets=_tuple_of(FileRecord, raw.get("assets", [])))

@@ -67,7 +67,6 @@ def check_same_source(folder: Path, name: str, artifact: Artifact, manifest: Man
 def check_files(folder: Path, files, hashes: bool = False) -> None:
     """Every listed file present with its recorded size (and sha256 when `hashes`)."""
     for record in files:
-        record = FileRecord(**record) if isinstance(record, dict) else record
         path = folder / record.path
         if not path.is_file():
             raise QvlError(f"{folder}: missing {record.path} (listed in {MANIFEST_NAME})")
