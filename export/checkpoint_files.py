@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from qvl_compile.errors import QvlError
 
@@ -49,16 +48,75 @@ def check_safetensors_size(path: Path) -> None:
                        "(truncated or corrupt)")
 
 
-def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(model_dir):
+READABLE_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+class CheckpointReader:
+    """The checkpoint's tensors by name, read one at a time as float32 (safetensors maps each file).
+
+    Opening it checks what can be checked without reading weights: every file named is there and as long
+    as its header says, the index names only tensors its files hold, and every tensor is bf16, fp16 or fp32.
+    """
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = Path(model_dir)
+        self._handles: dict[Path, Any] = {}
+        self.location: dict[str, Path] = {}
+        self.header: dict[str, tuple[str, tuple[int, ...]]] = {}  # name -> (safetensors dtype, shape)
+        for path in weight_files(self.model_dir):
+            handle = self._open(path)
+            for name in handle.keys():
+                tensor = handle.get_slice(name)
+                self.location[name], self.header[name] = path, (tensor.get_dtype(), tuple(tensor.get_shape()))
+                if tensor.get_dtype() not in READABLE_DTYPES:
+                    raise QvlError(f"{path}: tensor {name} is {tensor.get_dtype()}, expected one of "
+                                   f"{', '.join(READABLE_DTYPES)}")
+        self._check_index()
+
+    def _open(self, path: Path):
         try:
-            loaded = load_file(str(path))
+            self._handles[path] = safe_open(str(path), framework="pt")
         except (SafetensorError, OSError) as exc:
             raise QvlError(f"{path}: cannot read weights ({exc}); the file may be truncated") from None
-        tensors.update({k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)})
-    return tensors
+        return self._handles[path]
 
+    def _check_index(self) -> None:
+        index = self.model_dir / INDEX_NAME
+        if not index.is_file():
+            return
+        for name, file_name in json.loads(index.read_text())["weight_map"].items():
+            if self.location.get(name) != self.model_dir / file_name:
+                raise QvlError(f"{index}: names tensor {name} in {file_name}, which does not hold it")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.header
+
+    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if name not in self.header:
+            raise QvlError(f"{self.model_dir}: the checkpoint has no tensor {name} (expected shape {list(shape)})")
+        if self.header[name][1] != tuple(shape):
+            raise QvlError(f"{self.location[name]}: tensor {name} has shape {list(self.header[name][1])}, "
+                           f"the config expects {list(shape)}")
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor as float32 (a copy: the file stays mapped, not held)."""
+        if name not in self.header:
+            raise QvlError(f"{self.model_dir}: the checkpoint has no tensor {name}")
+        try:
+            tensor = self._handles[self.location[name]].get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise QvlError(f"{self.location[name]}: cannot read tensor {name} ({exc})") from None
+        return tensor.to(torch.float32)
+
+
+def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with `prefix` (prefix removed), in their stored dtype."""
+    reader = CheckpointReader(model_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, path in reader.location.items():
+        if name.startswith(prefix):
+            tensors[name[len(prefix):]] = reader._handles[path].get_tensor(name)
+    return tensors
 
 
 # safetensors' dtype names (the header's "dtype" field).

@@ -51,6 +51,7 @@ class ExportContext:
     path: Path = Path()  # the component's graph in work_dir, set by export_component
     weight_bytes: int = 0
     reference: Any = None  # the transformers model, while the spec keeps it for verification
+    reader: Any = None  # the checkpoint's tensors (export.checkpoint_files.CheckpointReader), streamed specs
     record: dict[str, Any] = field(default_factory=dict)  # artifact fields the steps measured
 
     @property
@@ -81,10 +82,18 @@ class ComponentSpec:
     steps: tuple[Step, ...]
     describe: Callable[[ExportContext], dict[str, Any]]  # the component's own contract fields
     keep_reference: bool = True  # False: free the transformers model after translation (verification reloads)
+    # Streamed components load a skeleton (export.skeleton) and write each weight from the checkpoint after
+    # translation; this returns the plan that packs them (None: float32 as read).
+    weight_plan: Callable[[ExportContext, onnx.ModelProto, dict], Any] | None = None
+    streamed: bool = False
 
     def stage_names(self) -> list[str]:
-        return ["load checkpoint", "rewrite", "capture (torch.export)", "translate to ONNX",
+        write = [WRITE_STAGE] if self.streamed else []
+        return ["load checkpoint", "rewrite", "capture (torch.export)", "translate to ONNX", *write,
                 *(step.name for step in self.steps)]
+
+
+WRITE_STAGE = "write weights (streamed from the checkpoint)"
 
 
 def io_record(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
@@ -105,7 +114,8 @@ def _capture(spec: ComponentSpec, ctx: ExportContext, module, args):
         return torch.export.export(module, args, dynamic_shapes=spec.dynamic_shapes(ctx), strict=False)
 
 
-def _translate(spec: ComponentSpec, ctx: ExportContext, program, args) -> None:
+def _translate(spec: ComponentSpec, ctx: ExportContext, program, args):
+    """The ONNX program; a non-streamed spec's graph is saved with its weights here."""
     import torch
 
     with warnings.catch_warnings():
@@ -116,7 +126,19 @@ def _translate(spec: ComponentSpec, ctx: ExportContext, program, args) -> None:
             verbose=False,
         )
         name_dims(onnx_program.model, spec.dim_names)
+    if not spec.streamed:
         onnx_program.save(str(ctx.path), external_data=ctx.external)
+    return onnx_program
+
+
+def _weightless(ctx: ExportContext, onnx_program, module, names_by_storage) -> tuple[onnx.ModelProto, dict]:
+    """(the graph without its weights, where each weight comes from)."""
+    from qvl_compile.export.weight_writer import check_no_placeholder_constants, take_out_weights, weight_sources
+
+    sources = weight_sources(module, names_by_storage, ctx.reader)
+    proto = take_out_weights(onnx_program.model, set(sources))
+    check_no_placeholder_constants(proto)
+    return proto, sources
 
 
 def graph_files(work_dir: Path, file_name: str) -> list[str]:
@@ -130,17 +152,32 @@ def export_component(spec: ComponentSpec, ctx: ExportContext) -> dict[str, Any]:
     ctx.path = ctx.work_dir / spec.file_name
     with stages.run("load checkpoint"):
         hf_model = spec.load(ctx)
+        if spec.streamed:
+            from qvl_compile.export.checkpoint_files import CheckpointReader
+            from qvl_compile.export.skeleton import parameter_names
+
+            ctx.reader = CheckpointReader(ctx.model_dir)
+            names_by_storage = parameter_names(hf_model)
     with stages.run("rewrite"):
         module = spec.rewrite(ctx, hf_model)
     args = spec.example_inputs(ctx)
     with stages.run("capture (torch.export)"):
         program = _capture(spec, ctx, module, args)
     with stages.run("translate to ONNX"):
-        _translate(spec, ctx, program, args)
+        onnx_program = _translate(spec, ctx, program, args)
+        if spec.streamed:
+            proto, sources = _weightless(ctx, onnx_program, module, names_by_storage)
     ctx.reference = hf_model if spec.keep_reference else None
     # Free the captured program and the rewritten module before the next stages: at 2B size each holds gigabytes.
-    del program, module, hf_model, args
+    del program, onnx_program, module, hf_model, args
     release_memory()
+    if spec.streamed:
+        from qvl_compile.export.weight_writer import write_graph
+
+        with stages.run(WRITE_STAGE):
+            write_graph(proto, sources, ctx.reader, ctx.path, ctx.external, spec.weight_plan(ctx, proto, sources)
+                        if spec.weight_plan else None)
+        del proto
     for step in spec.steps:
         with stages.run(step.name):
             step.run(ctx)

@@ -2,14 +2,16 @@
 
 Inputs: input_ids [B, S], position_ids [3, B, S], visual_embeds [V, H], deepstack_embeds [D, V, H],
 logit_positions [K], attention_mask [B, valid past + S] and the per-layer past keys and values;
-outputs: logits [B, K, vocab] and the presents. With `--quant int4` every projection MatMul (and the
-lm_head unless excluded) becomes onnxruntime's `MatMulNBits`, made by onnxruntime's own
-`MatMulNBitsQuantizer`, and the graph is verified against transformers holding its dequantized weights.
+outputs: logits [B, K, vocab] and the presents. The graph is captured from a skeleton (no weights) and
+each weight is then streamed from the checkpoint into the graph's data file. With `--quant int4` every
+projection MatMul (and the lm_head unless excluded) becomes onnxruntime's `MatMulNBits`, packed tensor by
+tensor by onnxruntime's own block quantizer, and the embedding table a `GatherBlockQuantized` (sharing the
+lm_head's bytes when the checkpoint ties them; `export.int4_weights`). The graph is verified against
+transformers holding its dequantized weights, streamed module by module (`export.streamed_reference`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -17,12 +19,15 @@ import onnx
 from qvl_compile.config import ModelConfig
 from qvl_compile.contract import KV_IN_PLACE, DecoderShape, cache_names
 from qvl_compile.errors import QvlError
-from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, export_component, set_aside
+from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, export_component
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import verify_decoder_graph
+from qvl_compile.export.int4_weights import Int4Plan, count_ops
+from qvl_compile.export.streamed_reference import checkpoint_source
 
 DECODER_FILE = "decoder.onnx"
 LM_HEAD = "lm_head"  # the rewritten decoder's attribute (rewrite/decoder.py), hence its initializer's prefix
+EMBEDDING = "embed_tokens"  # the rewritten decoder's embedding table parameter
 
 
 def decoder_shape(ctx: ExportContext) -> DecoderShape:
@@ -33,13 +38,12 @@ def decoder_shape(ctx: ExportContext) -> DecoderShape:
 
 
 def _load(ctx: ExportContext):
-    return ctx.family.load_model(ctx.model_dir)
+    return ctx.family.load_skeleton(ctx.model_dir)  # placeholders: the weights stream in when written
 
 
 def _rewrite(ctx: ExportContext, hf_model):
-    decoder = ctx.family.text_decoder(hf_model, ctx.config, consume=True)
-    ctx.weight_bytes = sum(p.numel() * p.element_size() for p in decoder.parameters())
-    ctx.weight_bytes += decoder.embed_tokens.numel() * 4
+    decoder = ctx.family.text_decoder(hf_model, ctx.config)  # the skeleton stays whole: it is the reference
+    ctx.weight_bytes = sum(p.numel() * 4 for p in decoder.parameters())  # as float32
     return decoder
 
 
@@ -78,46 +82,27 @@ def _translation_table() -> dict:
     return {torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx}
 
 
-def _is_lm_head(node: onnx.NodeProto) -> bool:
-    """The MatMul whose weight is the rewrite's `lm_head.weight_t` initializer (TransposedLinear's [in, out])."""
-    return len(node.input) > 1 and node.input[1].split(".")[0] == LM_HEAD
-
-
-def quantize_int4(fp32_path: Path, out_path: Path, options: QuantOptions, external: bool) -> dict[str, int]:
-    """onnxruntime's MatMulNBitsQuantizer over every constant-weight MatMul; returns the op counts."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    model = onnx.load(str(fp32_path))
-    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
-    exclude = [] if options.quantize_lm_head else [n.name for n in matmuls if _is_lm_head(n)]
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=options.symmetric,
-                                     accuracy_level=options.accuracy_level, nodes_to_exclude=exclude)
-    quantizer.process()
-    quantized = quantizer.model.model
-    counts: dict[str, int] = {}
-    for node in quantized.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    onnx.save_model(quantized, str(out_path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=out_path.name + ".data", size_threshold=1024)
-    return counts
-
-
-def _int4_pass(options: QuantOptions):
-    def quantize(ctx: ExportContext) -> None:
-        with set_aside(ctx.work_dir, DECODER_FILE) as staged:
-            counts = quantize_int4(staged / DECODER_FILE, ctx.path, options, ctx.external)
+def _weight_plan(options: QuantOptions):
+    def plan(ctx: ExportContext, proto: onnx.ModelProto, sources: dict):
+        if options.mode != "int4":
+            ctx.record["op_counts"] = count_ops(proto)
+            return None
+        int4 = Int4Plan(proto, sources, options, lm_head=LM_HEAD + ".weight_t", embedding=EMBEDDING)
+        counts = count_ops(proto)
         expected = ctx.family.decoder_projections(ctx.config) + (1 if options.quantize_lm_head else 0)
         if counts.get("MatMulNBits", 0) != expected:
-            raise QvlError(f"expected {expected} MatMulNBits nodes, the quantizer made {counts.get('MatMulNBits', 0)}")
+            raise QvlError(f"expected {expected} MatMulNBits nodes, the INT4 plan made {counts.get('MatMulNBits', 0)}")
         ctx.record["op_counts"] = counts
-    return quantize
+        return int4
+    return plan
 
 
 def _verifier(options: QuantOptions):
     def verify(ctx: ExportContext) -> None:
-        reference = ctx.family.load_model(ctx.model_dir)
-        ctx.record["export_check"] = verify_decoder_graph(ctx.path, reference, decoder_shape(ctx), ctx.family,
-                                                          options.mode, options.accuracy_level, ctx.target)
+        source = checkpoint_source(ctx.reference, ctx.reader)
+        ctx.record["export_check"] = verify_decoder_graph(ctx.path, ctx.reference, decoder_shape(ctx), ctx.family,
+                                                          options.mode, options.accuracy_level, ctx.target,
+                                                          source=source)
     return verify
 
 
@@ -154,15 +139,12 @@ def _io_names(layers: int) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, 
 def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
     options.validate()
     inputs, outputs, dims = _io_names(config.text.num_hidden_layers)
-    steps = [Step(CHECK_STAGE, check_graph)]
-    if options.mode == "int4":
-        steps.append(Step("quantize (onnxruntime MatMulNBits)", _int4_pass(options)))
-    steps.append(Step("verify against transformers", _verifier(options)))
+    steps = (Step(CHECK_STAGE, check_graph), Step("verify against transformers (weights streamed)", _verifier(options)))
     return ComponentSpec(
         name="decoder", file_name=DECODER_FILE, load=_load, rewrite=_rewrite, example_inputs=_example_inputs,
         dynamic_shapes=_dynamic_shapes, input_names=inputs, output_names=outputs, dim_names=dims,
-        translation_table=_translation_table, steps=tuple(steps),
-        describe=_describe(options), keep_reference=False,
+        translation_table=_translation_table, steps=steps, describe=_describe(options),
+        weight_plan=_weight_plan(options), streamed=True,
     )
 
 

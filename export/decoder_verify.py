@@ -7,7 +7,8 @@ to transformers (teacher forcing) and the logits of every step are compared.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
+import dataclasses
 import gc
 import logging
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from qvl_compile.contract import CPU_FP32, DecoderShape, Target
 from qvl_compile.errors import QvlError
+from qvl_compile.export.graph_weights import fake_quant_reference, quantized_weights
+from qvl_compile.export.streamed_reference import Source, stream_parameters, with_overrides
 from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE, int4_tolerance, max_rel, quantizes_activations
 from qvl_compile.registry import Family
 from qvl_compile.runtime.decoder import TextDecoder
@@ -82,59 +84,22 @@ def decoder_parity(decoder: TextDecoder, reference_model, family: Family, steps:
         logits, cache = decoder.forward(np.array([[tokens[-1]]]), position, cache)
         step_logits.append(logits)
         tokens.append(int(logits[0, -1].argmax()))
-    ref_logits, ref_calls = family.run_reference(reference_model, prompt, tokens[:steps])
-    for step, call in enumerate(ref_calls[1:]):  # transformers' own decode positions must be ours
-        if int(call.position_ids.flatten()[0]) != next_position + step:
-            raise QvlError(f"decode step {step}: transformers used position {call.position_ids.flatten().tolist()}, "
-                           f"the runtime {next_position + step}")
-    ref_tokens = [int(step[0, -1].argmax()) for step in ref_logits]
-    steps_rel = [max_rel(got, ref.numpy()) for got, ref in zip(step_logits, ref_logits[1:])]
+    # The reference reads the prompt and the fed tokens in one pass (teacher forcing): its logit at the prompt's
+    # position seq + i is what the runtime's cached step i computes. One pass, whatever the step count, keeps a
+    # streamed reference (one module's weights at a time) affordable at real size.
+    forced = dataclasses.replace(prompt, input_ids=torch.cat([prompt.input_ids, torch.tensor([tokens[:steps]], dtype=torch.int64)], dim=1))
+    ref_all, ref_calls = family.run_reference(reference_model, forced, [])
+    positions = ref_calls[0].position_ids[0, 0, seq:].tolist()  # transformers' own positions of the fed tokens
+    if positions != [next_position + step for step in range(steps)]:
+        raise QvlError(f"decode steps: transformers used positions {positions}, the runtime "
+                       f"{list(range(next_position, next_position + steps))}")
+    ref_steps = [ref_all[0][:, seq + step: seq + step + 1] for step in range(steps)]
+    ref_tokens = [int(ref_prefill[0][0, -1].argmax())] + [int(step[0, -1].argmax()) for step in ref_steps]
+    steps_rel = [max_rel(got, ref.numpy()) for got, ref in zip(step_logits, ref_steps)]
     return DecoderParity(prefill_rel, steps_rel, tokens, ref_tokens, tolerance)
 
 
-# --- INT4: a PyTorch reference with the graph's own dequantized weights ---------------------------
-
-def dequantize_matmul_nbits(node: onnx.NodeProto, initializers: dict[str, np.ndarray]) -> np.ndarray:
-    """W [N, K] (float32) from a MatMulNBits node's packed 4-bit B, scales and optional zero points."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    n, k, block, bits = attrs["N"], attrs["K"], attrs["block_size"], attrs["bits"]
-    if bits != 4:
-        raise QvlError(f"{node.name}: only 4-bit MatMulNBits is supported, got {bits}")
-    packed = initializers[node.input[1]]  # [N, k_blocks, block/2] uint8
-    blocks = packed.shape[1]
-    weights = np.empty((n, blocks, block // 2, 2), np.float32)  # element 2j is the low nibble, 2j+1 the high
-    weights[..., 0] = packed & 0x0F
-    weights[..., 1] = packed >> 4
-    weights = weights.reshape(n, blocks, block)
-    if len(node.input) > 3 and node.input[3]:
-        zp_packed = initializers[node.input[3]].reshape(n, -1)
-        zero_point = np.stack([zp_packed & 0x0F, zp_packed >> 4], axis=-1).reshape(n, -1)[:, :blocks]
-        weights -= zero_point.astype(np.float32)[:, :, None]
-    else:
-        weights -= 8.0  # symmetric: the implicit zero point
-    weights *= initializers[node.input[2]].reshape(n, blocks, 1)  # in place: the lm_head alone is 1.2 GB
-    return weights.reshape(n, blocks * block)[:, :k]
-
-
-def fake_quant_reference(hf_model, graph_path, family: Family, in_place: bool = False) -> torch.nn.Module:
-    """`hf_model` (a copy unless `in_place`) whose quantized linears hold the graph's dequantized INT4 weights."""
-    model = onnx.load(str(graph_path), load_external_data=False)
-    base_dir = str(Path(graph_path).parent)
-    nodes = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
-    wanted = {name for node in nodes for name in node.input[1:] if name}  # packed B, scales, zero points
-    initializers = {t.name: numpy_helper.to_array(t, base_dir=base_dir) for t in model.graph.initializer
-                    if t.name in wanted}
-    ref = hf_model if in_place else copy.deepcopy(hf_model)
-    replaced = 0
-    for node in nodes:
-        weight = torch.from_numpy(dequantize_matmul_nbits(node, initializers))
-        target = family.projection_module(ref, node.input[1])
-        target.weight = torch.nn.Parameter(weight, requires_grad=False)  # also unties a tied lm_head
-        replaced += 1
-    if not replaced:
-        raise QvlError(f"{graph_path}: no MatMulNBits nodes to build a fake-quant reference from")
-    return ref.eval()
-
+# --- INT4 levels and the export's check -------------------------------------------------------------
 
 def with_accuracy_level(graph_path, level: int, out_path) -> None:
     """A copy of the graph (sharing its external weight file) whose MatMulNBits use `level`."""
@@ -159,21 +124,43 @@ def next_token_agreement(decoder: TextDecoder, reference_model, family: Family, 
     return agree, seq
 
 
+@contextlib.contextmanager
+def decoder_reference(path: Path, hf_model, family: Family, mode: str, source: Source | None = None):
+    """The reference model: `hf_model` as it is (fp32) or carrying the graph's dequantized weights (int4).
+
+    With `source`, `hf_model` is a skeleton whose weights are streamed in module by module (the checkpoint's,
+    overridden by the graph's quantized ones); without, it holds real weights and is changed in place.
+    """
+    if source is None:
+        yield hf_model if mode == "fp32" else fake_quant_reference(hf_model, path, family, in_place=True)
+        return
+    if mode == "int4":
+        source = with_overrides(source, quantized_weights(hf_model, path, family))
+    with stream_parameters(hf_model, source) as model:
+        yield model
+
+
 def verify_decoder_graph(path, hf_model, shape: DecoderShape, family: Family, mode: str, accuracy_level: int,
-                         target: Target = CPU_FP32, steps: int = 16) -> dict:
+                         target: Target = CPU_FP32, steps: int = 16, source: Source | None = None) -> dict:
     """Raise on a parity failure; return the measured figures for the manifest.
 
     fp32: the graph against transformers. int4: against transformers carrying the graph's dequantized
     weights (1e-3, identical greedy tokens) with fp32 activations. Levels that quantize activations
     (`parity.quantizes_activations`) check the weights on an accuracy_level 0 copy first, then the requested
     level against `parity.int4_tolerance(level)`; their greedy-token agreement is measured and recorded.
+    `source`: stream the weights into a skeleton `hf_model` (see `decoder_reference`).
     """
-    path, providers = Path(path), [target.execution_provider]
+    with decoder_reference(Path(path), hf_model, family, mode, source) as reference:
+        return _verify(Path(path), reference, shape, family, mode, accuracy_level, target, steps)
+
+
+def _verify(path: Path, reference, shape: DecoderShape, family: Family, mode: str, accuracy_level: int,
+            target: Target, steps: int) -> dict:
+    providers = [target.execution_provider]
     if mode == "fp32":
-        parity = decoder_parity(TextDecoder(path, shape, providers), hf_model, family, steps, FP32_TOLERANCE)
+        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, FP32_TOLERANCE)
         _raise_unless(parity, "fp32 decoder vs transformers")
         return {"vs_transformers": parity.summary()}
-    reference = fake_quant_reference(hf_model, path, family, in_place=True)  # the caller's copy is not used again
     if not quantizes_activations(accuracy_level):  # check the graph as it is
         parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, INT4_TOLERANCE)
         _raise_unless(parity, f"int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers")

@@ -5,7 +5,9 @@ and seed). Tolerances come from `qvl_compile.parity`, by what the manifest says 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,16 @@ def vision_parity(encoder: VisionEncoder, reference: torch.nn.Module, grids: dic
     return rows
 
 
+@contextlib.contextmanager
+def streamed_vision(hf_model, reader, family: Family) -> Iterator[torch.nn.Module]:
+    """The vision tower of a skeleton `hf_model`, its weights read from the checkpoint module by module."""
+    from qvl_compile.export.streamed_reference import checkpoint_source, stream_parameters
+
+    visual = hf_model.get_submodule(family.vision_module)
+    with stream_parameters(visual, checkpoint_source(visual, reader, prefix=family.vision_module + ".")) as model:
+        yield model
+
+
 DECODER_CASES = {
     "decoder: video, 2 images": (("text", 3), ("video", (3, 4, 6)), ("text", 4), ("image", (1, 8, 4)),
                                  ("image", (1, 2, 2)), ("text", 6)),
@@ -52,24 +64,33 @@ def decoder_tolerance(artifact: DecoderArtifact) -> float:
 
 
 def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -> list[ParityRow]:
-    from qvl_compile.export.decoder_verify import decoder_parity, fake_quant_reference
+    from qvl_compile.export.checkpoint_files import CheckpointReader
+    from qvl_compile.export.decoder_verify import decoder_parity, decoder_reference
+    from qvl_compile.export.streamed_reference import checkpoint_source
     from qvl_compile.runtime.decoder import TextDecoder
 
     decoder = TextDecoder.from_export(export_dir, verify_hashes=True)
     artifact = decoder.artifact
-    reference, tolerance = family.load_model(model_dir), decoder_tolerance(artifact)
-    if artifact.quant.get("mode") == "int4":
-        reference = fake_quant_reference(reference, export_dir / artifact.graph, family, in_place=True)
+    tolerance = decoder_tolerance(artifact)
+    skeleton = family.load_skeleton(model_dir)
+    source = checkpoint_source(skeleton, CheckpointReader(model_dir))
     rows = []
-    for offset, (name, parts) in enumerate(DECODER_CASES.items()):
-        parity = decoder_parity(decoder, reference, family, DECODER_STEPS, tolerance, seed=seed + offset, parts=parts)
-        grid = tuple(value for kind, value in parts if kind != "text")
-        rows.append(ParityRow(name, grid, "prefill logits", float("nan"), parity.prefill_max_rel, tolerance))
-        rows.append(ParityRow(name, grid, f"{DECODER_STEPS} step logits", float("nan"), max(parity.steps_max_rel),
-                              tolerance))
-        same = parity.onnx_tokens == parity.reference_tokens
-        rows.append(ParityRow(name, grid, "greedy tokens", float("nan"), 0.0 if same else float("inf"), tolerance))
-        log.info("%s: %s", name, "pass" if all(r.passed for r in rows[-3:]) else "FAIL")
+    with decoder_reference(export_dir / artifact.graph, skeleton, family, artifact.quant.get("mode", "fp32"),
+                           source) as reference:
+        for offset, (name, parts) in enumerate(DECODER_CASES.items()):
+            parity = decoder_parity(decoder, reference, family, DECODER_STEPS, tolerance, seed=seed + offset,
+                                    parts=parts)
+            rows += _decoder_case_rows(name, parts, parity, tolerance)
+    return rows
+
+
+def _decoder_case_rows(name: str, parts, parity, tolerance: float) -> list[ParityRow]:
+    grid = tuple(value for kind, value in parts if kind != "text")
+    same = parity.onnx_tokens == parity.reference_tokens
+    rows = [ParityRow(name, grid, "prefill logits", float("nan"), parity.prefill_max_rel, tolerance),
+            ParityRow(name, grid, f"{DECODER_STEPS} step logits", float("nan"), max(parity.steps_max_rel), tolerance),
+            ParityRow(name, grid, "greedy tokens", float("nan"), 0.0 if same else float("inf"), tolerance)]
+    log.info("%s: %s", name, "pass" if all(r.passed for r in rows) else "FAIL")
     return rows
 
 
@@ -90,8 +111,10 @@ def verify_export(export_dir: str | Path, model_dir: str | Path, grids: dict | N
     if "vision" in manifest.artifacts:
         encoder = VisionEncoder.from_export(export_dir, verify_hashes=True)
         criteria = vision_criteria(manifest.artifacts["vision"])
-        rows += vision_parity(encoder, family.load_vision(model_dir), grids or GRID_MATRIX, family, seed=seed,
-                              criteria=criteria)
+        from qvl_compile.export.checkpoint_files import CheckpointReader
+
+        with streamed_vision(family.load_skeleton(model_dir), CheckpointReader(model_dir), family) as reference:
+            rows += vision_parity(encoder, reference, grids or GRID_MATRIX, family, seed=seed, criteria=criteria)
     if "decoder" in manifest.artifacts:
         rows += decoder_rows(export_dir, model_dir, family, seed)
     return rows

@@ -13,7 +13,7 @@ from qvl_compile.errors import QvlError
 from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, export_component, set_aside
 from qvl_compile.export.fusion import fuse_gelu
 from qvl_compile.export.grids import EXPORT_GRID, GRID_MATRIX
-from qvl_compile.export.verify import vision_parity
+from qvl_compile.export.verify import streamed_vision, vision_parity
 from qvl_compile.export.vision_quant import VisionQuantOptions, quantize_vision
 from qvl_compile.parity import FP32, INT8_VISION, Criteria
 from qvl_compile.runtime.vision import VisionEncoder
@@ -38,12 +38,16 @@ def _raise_on_failure(rows) -> None:
 
 
 def _load(ctx: ExportContext):
-    vision = ctx.config.vision
-    hf_visual = ctx.family.load_vision(ctx.model_dir)
-    ctx.weight_bytes = sum(p.numel() * p.element_size() for p in hf_visual.parameters())
+    """The full model as a skeleton (export.skeleton): the vision weights stream in when written."""
+    return ctx.family.load_skeleton(ctx.model_dir)
+
+
+def _rewrite(ctx: ExportContext, hf_model):
+    vision, hf_visual = ctx.config.vision, hf_model.get_submodule(ctx.family.vision_module)
+    ctx.weight_bytes = sum(p.numel() * 4 for p in hf_visual.parameters())  # as float32
     log.info("vision tower: %d blocks, hidden %d, %.1f M parameters", vision.depth, vision.hidden_size,
              ctx.weight_bytes / 4e6)
-    return hf_visual
+    return ctx.family.vision_tower(hf_visual)
 
 
 def _example_inputs(ctx: ExportContext) -> tuple:
@@ -79,8 +83,9 @@ def _verifier(criteria: Criteria):
     def verify(ctx: ExportContext) -> None:
         vision = ctx.config.vision
         encoder = VisionEncoder(ctx.path, vision.patch_dim, vision.spatial_merge_size, [ctx.target.execution_provider])
-        rows = vision_parity(encoder, ctx.reference, EXPORT_CHECK_GRIDS, ctx.family, seed=EXPORT_CHECK_SEED,
-                             criteria=criteria)
+        with streamed_vision(ctx.reference, ctx.reader, ctx.family) as reference:
+            rows = vision_parity(encoder, reference, EXPORT_CHECK_GRIDS, ctx.family, seed=EXPORT_CHECK_SEED,
+                                 criteria=criteria)
         _raise_on_failure(rows)
         ctx.record["export_check"] = {
             r.name + " / " + r.output: {"grid": [list(g) for g in r.grid], "max_abs": r.max_abs, "max_rel": r.max_rel,
@@ -123,7 +128,7 @@ def vision_spec(quant: VisionQuantOptions | None = None) -> ComponentSpec:
         steps += [Step("quantize to int8 (onnxruntime dynamic quantization)", _quantize_int8),
                   Step("verify int8 against eager PyTorch", _verifier(INT8_VISION))]
     return ComponentSpec(
-        name="vision", file_name=VISION_FILE, load=_load, rewrite=lambda ctx, hf: ctx.family.vision_tower(hf),
+        name="vision", file_name=VISION_FILE, load=_load, rewrite=_rewrite, streamed=True,
         example_inputs=_example_inputs, dynamic_shapes=_dynamic_shapes,
         input_names=("pixel_values", "grid_thw"), output_names=("image_embeds", "deepstack_embeds"),
         dim_names={"pixel_values": ["num_patches", None], "grid_thw": ["num_grids", None],

@@ -184,7 +184,7 @@ def _decoder_case(out: Path, name: str, model, tolerance: Tolerance, params: dic
 
 
 def _decoder_cases(out: Path, sources: Sources, model) -> list[str]:
-    from qvl_compile.export.decoder_verify import fake_quant_reference
+    from qvl_compile.export.graph_weights import fake_quant_reference
 
     graph = sources.int4_export / "decoder.onnx"
     quant = json.loads((sources.int4_export / "manifest.json").read_text())["options"]["quant"]

@@ -33,6 +33,7 @@ class Family:
     architectures: tuple[str, ...] = ()  # config.json architectures, for messages
     random_architectures: tuple[str, ...] = ()  # names `qvl-compile random` takes (released sizes)
     golden_folder: str = ""  # its tiny model's goldens, relative to the golden package (golden/)
+    vision_module: str = ""  # the vision tower's path in the full transformers model, e.g. "model.visual"
 
     # --- config (torch-free) ---
     def parse_config(self, raw: dict[str, Any], source: str) -> "ModelConfig":
@@ -50,6 +51,10 @@ class Family:
 
     # --- transformers and rewrites (export side: torch) ---
     def load_model(self, model_dir: Path):
+        raise NotImplementedError
+
+    def load_skeleton(self, model_dir: Path):
+        """The full transformers model with placeholder parameters (export.skeleton) and real buffers."""
         raise NotImplementedError
 
     def load_vision(self, model_dir: Path, attention: str = "sdpa"):

@@ -31,8 +31,11 @@ class TransposedLinear(nn.Module):
     def __init__(self, linear: nn.Module, consume: bool = False):
         super().__init__()
         # A contiguous [in, out] copy: what the ONNX initializer holds. With `consume` the source module
-        # drops its own tensor at once, so a 2B export never holds both layouts of every weight.
-        self.weight_t = nn.Parameter(linear.weight.detach().T.contiguous(), requires_grad=False)  # [in, out]
+        # drops its own tensor at once, so a 2B export never holds both layouts of every weight. A weight
+        # without storage of its own (stride 0: the streaming exporter's placeholder) stays a view.
+        weight_t = linear.weight.detach().T  # [in, out]
+        stored = weight_t if all(s == 0 for s in weight_t.stride()) else weight_t.contiguous()
+        self.weight_t = nn.Parameter(stored, requires_grad=False)
         if consume:
             linear.weight = None
         bias = getattr(linear, "bias", None)
@@ -126,7 +129,7 @@ class RewrittenTextDecoder(nn.Module):
     def forward(self, input_ids, position_ids, visual_embeds, deepstack_embeds, logit_positions, attention_mask,
                 past_keys, past_values):
         batch, seq = input_ids.shape
-        x = self.embed_tokens[input_ids]  # [B, S, H]
+        x = nn.functional.embedding(input_ids, self.embed_tokens)  # [B, S, H]: an ONNX Gather on the table
         visual = ((input_ids == self.image_token_id) | (input_ids == self.video_token_id)).reshape(-1)  # [B*S]
         # Row of each visual position in visual_embeds, 1-based; 0 picks a zero row for text positions.
         row = torch.cumsum(visual.to(torch.int64), dim=0) * visual.to(torch.int64)  # [B*S]

@@ -8,13 +8,8 @@ import torch
 from onnx import numpy_helper
 
 from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.decoder_verify import (
-    decoder_parity,
-    dequantize_matmul_nbits,
-    fake_quant_reference,
-    next_token_agreement,
-    with_accuracy_level,
-)
+from qvl_compile.export.decoder_verify import decoder_parity, next_token_agreement, with_accuracy_level
+from qvl_compile.export.graph_weights import GraphWeights, dequantize_matmul_nbits, fake_quant_reference
 from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE
 from qvl_compile.registry import family_named
 from qvl_compile.runtime.decoder import TextDecoder
@@ -85,7 +80,7 @@ def test_dequantizer_reproduces_the_original_weights(int4_export, hf_model):
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == projection_count(hf_model)
     node = next(n for n in nodes if n.input[1].startswith("layers.2.up_proj"))
-    got = dequantize_matmul_nbits(node, inits)  # [N, K]
+    got = dequantize_matmul_nbits(node, GraphWeights(int4_export / "decoder.onnx"))  # [N, K]
     original = hf_model.model.language_model.layers[2].mlp.up_proj.weight.detach().numpy()
     scales = inits[node.input[2]].reshape(original.shape[0], -1)  # [N, K/block]
     block = next(a.i for a in node.attribute if a.name == "block_size")

@@ -24,6 +24,7 @@ class Qwen3VL(Family):
     architectures = ("Qwen3VLForConditionalGeneration",)
     random_architectures = ("2b", "4b", "8b")
     golden_folder = "data"
+    vision_module = "model.visual"
 
     def parse_config(self, raw: dict[str, Any], source: str) -> ModelConfig:
         return parse_config(raw, source)
@@ -38,6 +39,11 @@ class Qwen3VL(Family):
         from qvl_compile.families.qwen3_vl.loaders import load_full_model
 
         return load_full_model(model_dir)
+
+    def load_skeleton(self, model_dir: Path):
+        from qvl_compile.families.qwen3_vl.loaders import skeleton_full_model
+
+        return skeleton_full_model(model_dir)
 
     def load_vision(self, model_dir: Path, attention: str = "sdpa"):
         from qvl_compile.families.qwen3_vl.loaders import load_vision_model

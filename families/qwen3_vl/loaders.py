@@ -29,10 +29,46 @@ def load_full_model(model_dir: Path):
     return model.eval()
 
 
+def skeleton_full_model(model_dir: Path):
+    """`Qwen3VLForConditionalGeneration` with placeholder parameters (export.skeleton) and real rotary buffers:
+    the export captures it and the streamed reference fills it, at any size, in a few megabytes."""
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+
+    from qvl_compile.export.skeleton import fill_with_placeholders, meta_tensors
+
+    ModelConfig.from_dir(model_dir)  # clear errors for a wrong folder or unsupported config
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration._from_config(config)
+    fill_with_placeholders(model)
+    _rebuild_rotary(model.model.visual.rotary_pos_emb, config.vision_config)
+    text_rotary = model.model.language_model.rotary_emb
+    _copy_inv_freq(text_rotary, type(text_rotary)(config=config.text_config))
+    left = meta_tensors(model)
+    if left:
+        raise QvlError(f"{model_dir}: tensors left on the meta device after building the skeleton: {left[:5]}")
+    return model.eval()
+
+
+def _copy_inv_freq(rotary: torch.nn.Module, fresh: torch.nn.Module) -> None:
+    rotary.inv_freq = fresh.inv_freq
+    if hasattr(rotary, "original_inv_freq"):
+        rotary.original_inv_freq = fresh.original_inv_freq
+
+
+def _rebuild_rotary(rotary: torch.nn.Module, config) -> None:
+    """Non-persistent buffers (rotary inv_freq) are not in the checkpoint: rebuild them on the CPU."""
+    head = config.hidden_size // config.num_heads
+    _copy_inv_freq(rotary, type(rotary)(config) if _is_5x_rotary(rotary) else type(rotary)(head // 2))
+
+
 def projection_module(model, initializer_name: str) -> torch.nn.Module:
-    """The linear an exported projection weight came from: 'layers.3.q_proj.weight_t_Q4' ->
-    model.model.language_model.layers[3].self_attn.q_proj; 'lm_head...' -> model.lm_head."""
+    """The module an exported quantized weight came from: 'layers.3.q_proj.weight_t_Q4' ->
+    model.model.language_model.layers[3].self_attn.q_proj; 'lm_head...' -> model.lm_head; 'embed_tokens_Q4' ->
+    the embedding table."""
     name = initializer_name.split(".weight_t")[0]
+    if name.startswith("embed_tokens"):  # the quantized table, 'embed_tokens_Q4'
+        return model.model.language_model.embed_tokens
     if name == "lm_head":
         return model.lm_head
     _, index, proj = name.split(".")
@@ -61,12 +97,7 @@ def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,
             f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    # Non-persistent buffers (rotary inv_freq) are not in the checkpoint: rebuild them on CPU.
-    rotary = model.rotary_pos_emb
-    fresh = type(rotary)(config) if _is_5x_rotary(rotary) else type(rotary)(config.hidden_size // config.num_heads // 2)
-    rotary.inv_freq = fresh.inv_freq
-    if hasattr(rotary, "original_inv_freq"):
-        rotary.original_inv_freq = fresh.original_inv_freq
+    _rebuild_rotary(model.rotary_pos_emb, config)
     return model.eval()
 
 

@@ -1,0 +1,108 @@
+"""An exported graph's INT4 weights, dequantized one tensor at a time for the fake-quant PyTorch reference.
+
+`quantized_weights(model, graph_path, family)` maps each transformers parameter that the graph stores
+quantized (MatMulNBits projections, the GatherBlockQuantized embedding table) to a loader of its
+dequantized float32 values. The streamed reference calls a loader just before the parameter's module
+runs; `fake_quant_reference` (in-memory models) calls each once.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from qvl_compile.errors import QvlError
+from qvl_compile.registry import Family
+
+
+class GraphWeights:
+    """The graph's initializers by name, each read from its external data only when asked for."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.proto = onnx.load(str(path), load_external_data=False)
+        self._tensors = {t.name: t for t in self.proto.graph.initializer}
+
+    def nodes(self, op_type: str) -> list[onnx.NodeProto]:
+        return [node for node in self.proto.graph.node if node.op_type == op_type]
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self._tensors[name], base_dir=str(self.path.parent))
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def dequantize_int4_rows(packed: np.ndarray, scales: np.ndarray, block: int, k: int,
+                         zero_points: np.ndarray | None = None) -> np.ndarray:
+    """W [N, k] float32 from 4-bit rows: packed [N, blocks, block/2] uint8 (low nibble first), scales [N, blocks],
+    optional packed zero points (default 8, the symmetric zero point)."""
+    n, blocks = packed.shape[0], packed.shape[1]
+    weights = np.empty((n, blocks, block // 2, 2), np.float32)  # element 2j is the low nibble, 2j+1 the high
+    weights[..., 0] = packed & 0x0F
+    weights[..., 1] = packed >> 4
+    weights = weights.reshape(n, blocks, block)
+    if zero_points is not None:
+        zp_packed = zero_points.reshape(n, -1)
+        zero_point = np.stack([zp_packed & 0x0F, zp_packed >> 4], axis=-1).reshape(n, -1)[:, :blocks]
+        weights -= zero_point.astype(np.float32)[:, :, None]
+    else:
+        weights -= 8.0
+    weights *= scales.reshape(n, blocks, 1)  # in place: the lm_head alone is 1.2 GB at 2B size
+    return weights.reshape(n, blocks * block)[:, :k]
+
+
+def dequantize_matmul_nbits(node: onnx.NodeProto, graph: GraphWeights) -> np.ndarray:
+    """W [N, K] of a MatMulNBits node."""
+    attrs = _attrs(node)
+    if attrs["bits"] != 4:
+        raise QvlError(f"{node.name}: only 4-bit MatMulNBits is supported, got {attrs['bits']}")
+    zero_points = graph.array(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    return dequantize_int4_rows(graph.array(node.input[1]), graph.array(node.input[2]), attrs["block_size"],
+                                attrs["K"], zero_points)
+
+
+def dequantize_gather(node: onnx.NodeProto, graph: GraphWeights) -> np.ndarray:
+    """The table [rows, columns] of a GatherBlockQuantized node (uint8 data holding 4-bit pairs, axis 0 gathered)."""
+    attrs = _attrs(node)
+    if attrs.get("bits", 4) != 4 or attrs.get("gather_axis", 0) != 0 or attrs.get("quantize_axis", 1) != 1:
+        raise QvlError(f"{node.name}: expected 4-bit rows gathered on axis 0, got attributes {attrs}")
+    if len(node.input) > 3 and node.input[3]:
+        raise QvlError(f"{node.name}: zero points on a GatherBlockQuantized table are not supported")
+    packed, block = graph.array(node.input[0]), attrs["block_size"]
+    rows, columns = packed.shape[0], packed.shape[1] * 2
+    return dequantize_int4_rows(packed.reshape(rows, -1, block // 2), graph.array(node.input[2]), block, columns)
+
+
+def quantized_weights(model: torch.nn.Module, graph_path: Path, family: Family) -> dict[str, Callable[[], torch.Tensor]]:
+    """transformers parameter name (as its module calls it) -> loader of the graph's dequantized values."""
+    graph = GraphWeights(graph_path)
+    module_names = {id(m): name for name, m in model.named_modules()}
+    loaders: dict[str, Callable[[], torch.Tensor]] = {}
+    for node, weight_name, dequantize in [*((n, n.input[1], dequantize_matmul_nbits) for n in graph.nodes("MatMulNBits")),
+                                          *((n, n.input[0], dequantize_gather) for n in graph.nodes("GatherBlockQuantized"))]:
+        module = family.projection_module(model, weight_name)
+        loaders[module_names[id(module)] + ".weight"] = functools.partial(_as_tensor, dequantize, node, graph)
+    if not loaders:
+        raise QvlError(f"{graph_path}: no quantized weights to build a fake-quant reference from")
+    return loaders
+
+
+def _as_tensor(dequantize, node: onnx.NodeProto, graph: GraphWeights) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(dequantize(node, graph)))
+
+
+def fake_quant_reference(hf_model, graph_path, family: Family, in_place: bool = False) -> torch.nn.Module:
+    """`hf_model` (a copy unless `in_place`) whose quantized weights hold the graph's dequantized values."""
+    ref = hf_model if in_place else copy.deepcopy(hf_model)
+    for name, load in quantized_weights(ref, Path(graph_path), family).items():
+        module_name, _, param = name.rpartition(".")
+        setattr(ref.get_submodule(module_name), param, torch.nn.Parameter(load(), requires_grad=False))  # unties
+    return ref.eval()

@@ -1,0 +1,123 @@
+"""INT4 weights written tensor by tensor: `MatMulNBits` projections and a `GatherBlockQuantized` embedding.
+
+Each projection weight goes through onnxruntime's own block quantizer (`DefaultWeightOnlyQuantizer`, the
+per-tensor step of `MatMulNBitsQuantizer`), one tensor at a time, and gets the names, shapes and node
+that `MatMulNBitsQuantizer` gives it. The embedding table becomes `GatherBlockQuantized` over 4-bit rows
+(zero point 8, as MatMulNBits' symmetric weights): where the checkpoint ties it to the lm_head, it reads
+the lm_head's packed bytes in place (a second view of the same external data, [vocab, hidden/2]), so the
+table costs no bytes on disk; where it is untied it gets its own quantized copy.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from qvl_compile.errors import QvlError
+from qvl_compile.export.decoder_options import QuantOptions
+from qvl_compile.export.weight_writer import TensorWriter, WeightSource
+
+log = logging.getLogger(__name__)
+
+MS_DOMAIN = "com.microsoft"
+
+
+def block_quantizer(options: QuantOptions):
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
+
+    return DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
+        block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level, bits=4))
+
+
+class Int4Plan:
+    """Which initializers become MatMulNBits weights (and which Gather the quantized embedding), decided on the
+    weightless graph before any weight is read; `write` then packs each weight as it streams past."""
+
+    def __init__(self, proto: onnx.ModelProto, sources: dict[str, WeightSource], options: QuantOptions,
+                 lm_head: str, embedding: str):
+        self.options, self.sources = options, sources
+        self.quantizer = block_quantizer(options)
+        self.lm_head, self.embedding = lm_head, embedding
+        self.matmuls = {n.input[1] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in sources
+                        and len(sources[n.input[1]].shape) == 2
+                        and (options.quantize_lm_head or n.input[1] != lm_head)}
+        # The table shares the lm_head's packed rows when both are one checkpoint tensor and the lm_head is packed.
+        self.shared = lm_head in self.matmuls and embedding in sources and sources[embedding].key == sources[lm_head].key
+        self.quantize_embedding = options.symmetric and embedding in sources
+        if not options.symmetric:
+            log.info("asymmetric INT4: the embedding table stays float32 (GatherBlockQuantized here is symmetric only)")
+        self._rewrite_nodes(proto)
+
+    def _rewrite_nodes(self, proto: onnx.ModelProto) -> None:
+        nodes = []
+        for node in proto.graph.node:
+            if node.op_type == "MatMul" and node.input[1] in self.matmuls:
+                node = self._matmul_nbits(node)
+            elif self.quantize_embedding and node.op_type == "Gather" and node.input[0] == self.embedding:
+                node = self._gather_block_quantized(node)
+            nodes.append(node)
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+
+    def _matmul_nbits(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        """The node `MatMulNBitsQuantizer` makes: same name, inputs and attributes."""
+        weight = node.input[1]
+        k, n = self.sources[weight].shape
+        inputs = [node.input[0], weight + "_Q4", weight + "_scales"]
+        if not self.options.symmetric:
+            inputs.append(weight + "_zero_points")
+        level = {"accuracy_level": self.options.accuracy_level} if self.options.accuracy_level else {}
+        return onnx.helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name + "_Q4" if node.name else "",
+                                     domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=self.options.block_size, **level)
+
+    def _gather_block_quantized(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if axis != 0:
+            raise QvlError(f"the embedding Gather {node.name} gathers along axis {axis}, expected 0")
+        scales = (self.lm_head if self.shared else self.embedding) + "_scales"
+        return onnx.helper.make_node(
+            "GatherBlockQuantized", [self.embedding + "_Q4", node.input[1], scales], list(node.output),
+            name=node.name + "_Q4", domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+            block_size=self.options.block_size, bits=4)
+
+    def pack(self, weight_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(packed [N, K/block, block/2] uint8, scales [N, K/block], zero points) of a [K, N] float32 weight."""
+        return self.quantizer.qbits_block_quant(weight_kn)
+
+    def write(self, name: str, values: np.ndarray, writer: TensorWriter) -> list[onnx.TensorProto]:
+        """The initializers for one streamed weight (float32 values in the graph's layout)."""
+        if name in self.matmuls:
+            packed, scales, zero_points = self.pack(values)
+            written = [writer.add(name + "_Q4", packed), writer.add(name + "_scales", scales)]
+            if not self.options.symmetric:
+                written.append(writer.add(name + "_zero_points", zero_points))
+            return written
+        if name == self.embedding and self.quantize_embedding:
+            if self.shared:
+                return []  # written from the lm_head's bytes in finish()
+            packed, scales, _ = self.pack(np.ascontiguousarray(values.T))  # the table [vocab, H] as a [H, vocab] weight
+            vocab = packed.shape[0]
+            return [writer.add(name + "_Q4", packed.reshape(vocab, -1)), writer.add(name + "_scales", scales)]
+        return [writer.add(name, values)]
+
+    def finish(self, writer: TensorWriter, written: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
+        """The shared table: the lm_head's packed bytes seen as [vocab, hidden/2]."""
+        if not (self.shared and self.quantize_embedding):
+            return []
+        packed = written[self.lm_head + "_Q4"]
+        vocab = packed.dims[0]
+        shape = (vocab, int(np.prod(packed.dims[1:])))
+        if writer.data_path is None:  # inline (small graphs): a copy of the bytes
+            array = onnx.numpy_helper.to_array(packed).reshape(shape)
+            return [onnx.numpy_helper.from_array(array, self.embedding + "_Q4")]
+        return [writer.external(self.embedding + "_Q4", np.uint8, shape, bytes_of=self.lm_head + "_Q4")]
+
+
+def count_ops(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
