@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from qvl_compile.errors import QvlError
 
@@ -18,21 +17,28 @@ INDEX_NAME = "model.safetensors.index.json"
 
 def weight_files(model_dir: Path) -> list[Path]:
     index = model_dir / INDEX_NAME
+    weight_map: dict[str, str] = {}
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [model_dir / n for n in names]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QvlError(f"{index}: not a readable safetensors index ({exc})") from None
+        files = [model_dir / n for n in sorted(set(weight_map.values()))]
     else:
         files = [model_dir / "model.safetensors"]
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [f for f in files if not f.is_file()]
     if missing:
-        raise QvlError(f"{model_dir}: missing weight file(s) {', '.join(missing)}")
+        held = sorted(t for t, name in weight_map.items() if model_dir / name == missing[0])
+        holds = f" (the index puts {len(held)} tensors there, e.g. {held[0]})" if held else ""
+        raise QvlError(f"{model_dir}: missing weight file(s) {', '.join(map(str, missing))}{holds}")
     for path in files:
         check_safetensors_size(path)
     return files
 
 
-def check_safetensors_size(path: Path) -> None:
-    """The file is as long as its header says (8-byte header length, JSON header, then the tensors' bytes)."""
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(where the tensors' bytes start, the JSON header without its metadata) of a safetensors file whose length
+    matches its header (8-byte header length, JSON header, then the tensors' bytes)."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
@@ -40,83 +46,107 @@ def check_safetensors_size(path: Path) -> None:
             if size < 8 or 8 + header_len > size:
                 raise ValueError(f"header of {header_len} bytes")
             header = json.loads(fh.read(header_len))
-        data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError) as exc:
+        header.pop("__metadata__", None)
+        ends = {k: t["data_offsets"][1] for k, t in header.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise QvlError(f"{path}: not a readable safetensors file ({size} bytes; {exc}); truncated or corrupt") from None
+    data_end = max(ends.values(), default=0)
     if 8 + header_len + data_end != size:
+        cut = sorted((end, name) for name, end in ends.items() if 8 + header_len + end > size)
+        where = f"; tensor {cut[0][1]} ends past the end of the file" if cut else ""
         raise QvlError(f"{path}: its header describes {8 + header_len + data_end} bytes, the file has {size} "
-                       "(truncated or corrupt)")
+                       f"(truncated or corrupt{where})")
+    return 8 + header_len, header
+
+
+def check_safetensors_size(path: Path) -> None:
+    read_header(path)
 
 
 READABLE_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
+@dataclass(frozen=True)
+class StoredTensor:
+    path: Path
+    dtype: str  # safetensors' name: BF16, F16, F32
+    shape: tuple[int, ...]
+    start: int  # byte offset in the file
+    length: int
+
+
 class CheckpointReader:
-    """The checkpoint's tensors by name, read one at a time as float32 (safetensors maps each file).
+    """The checkpoint's tensors by name, read one at a time as float32.
 
     Opening it checks what can be checked without reading weights: every file named is there and as long
     as its header says, the index names only tensors its files hold, and every tensor is bf16, fp16 or fp32.
+    Tensors are read with plain file reads, not memory maps, so a read tensor's bytes are the process's
+    memory only until the tensor is dropped.
     """
 
     def __init__(self, model_dir: Path):
         self.model_dir = Path(model_dir)
-        self._handles: dict[Path, Any] = {}
-        self.location: dict[str, Path] = {}
-        self.header: dict[str, tuple[str, tuple[int, ...]]] = {}  # name -> (safetensors dtype, shape)
+        self.stored: dict[str, StoredTensor] = {}
         for path in weight_files(self.model_dir):
-            handle = self._open(path)
-            for name in handle.keys():
-                tensor = handle.get_slice(name)
-                self.location[name], self.header[name] = path, (tensor.get_dtype(), tuple(tensor.get_shape()))
-                if tensor.get_dtype() not in READABLE_DTYPES:
-                    raise QvlError(f"{path}: tensor {name} is {tensor.get_dtype()}, expected one of "
+            data_start, header = read_header(path)
+            for name, entry in header.items():
+                begin, end = entry["data_offsets"]
+                self.stored[name] = StoredTensor(path, entry["dtype"], tuple(entry["shape"]), data_start + begin,
+                                                 end - begin)
+                if entry["dtype"] not in READABLE_DTYPES:
+                    raise QvlError(f"{path}: tensor {name} is {entry['dtype']}, expected one of "
                                    f"{', '.join(READABLE_DTYPES)}")
         self._check_index()
 
-    def _open(self, path: Path):
-        try:
-            self._handles[path] = safe_open(str(path), framework="pt")
-        except (SafetensorError, OSError) as exc:
-            raise QvlError(f"{path}: cannot read weights ({exc}); the file may be truncated") from None
-        return self._handles[path]
+    @property
+    def header(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """name -> (safetensors dtype, shape)."""
+        return {name: (t.dtype, t.shape) for name, t in self.stored.items()}
 
     def _check_index(self) -> None:
         index = self.model_dir / INDEX_NAME
         if not index.is_file():
             return
         for name, file_name in json.loads(index.read_text())["weight_map"].items():
-            if self.location.get(name) != self.model_dir / file_name:
+            if name not in self.stored or self.stored[name].path != self.model_dir / file_name:
                 raise QvlError(f"{index}: names tensor {name} in {file_name}, which does not hold it")
 
     def __contains__(self, name: str) -> bool:
-        return name in self.header
+        return name in self.stored
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        if name not in self.header:
+        if name not in self.stored:
             raise QvlError(f"{self.model_dir}: the checkpoint has no tensor {name} (expected shape {list(shape)})")
-        if self.header[name][1] != tuple(shape):
-            raise QvlError(f"{self.location[name]}: tensor {name} has shape {list(self.header[name][1])}, "
+        if self.stored[name].shape != tuple(shape):
+            raise QvlError(f"{self.stored[name].path}: tensor {name} has shape {list(self.stored[name].shape)}, "
                            f"the config expects {list(shape)}")
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor as float32 (a copy: the file stays mapped, not held)."""
-        if name not in self.header:
+    def read_stored(self, name: str) -> torch.Tensor:
+        """The tensor in its stored dtype."""
+        if name not in self.stored:
             raise QvlError(f"{self.model_dir}: the checkpoint has no tensor {name}")
+        tensor = self.stored[name]
+        buffer = bytearray(tensor.length)
         try:
-            tensor = self._handles[self.location[name]].get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise QvlError(f"{self.location[name]}: cannot read tensor {name} ({exc})") from None
-        return tensor.to(torch.float32)
+            with open(tensor.path, "rb") as fh:
+                fh.seek(tensor.start)
+                if fh.readinto(buffer) != tensor.length:
+                    raise OSError("short read")
+        except OSError as exc:
+            raise QvlError(f"{tensor.path}: cannot read tensor {name} ({exc})") from None
+        if not tensor.length:
+            return torch.empty(tensor.shape, dtype=READABLE_DTYPES[tensor.dtype])
+        return torch.frombuffer(buffer, dtype=READABLE_DTYPES[tensor.dtype]).reshape(tensor.shape)
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor as float32."""
+        return self.read_stored(name).to(torch.float32)
 
 
 def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors whose names start with `prefix` (prefix removed), in their stored dtype."""
     reader = CheckpointReader(model_dir)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, path in reader.location.items():
-        if name.startswith(prefix):
-            tensors[name[len(prefix):]] = reader._handles[path].get_tensor(name)
-    return tensors
+    return {name[len(prefix):]: reader.read_stored(name) for name in reader.stored if name.startswith(prefix)}
 
 
 # safetensors' dtype names (the header's "dtype" field).

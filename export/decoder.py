@@ -111,6 +111,7 @@ def _describe(options: QuantOptions):
         return {
             "quant": {"mode": options.mode, "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                       "quantize_lm_head": options.quantize_lm_head, "symmetric": options.symmetric,
+                      "quantize_embedding": options.quantize_embedding,
                       "op_counts": ctx.record.get("op_counts", {})},
             **asdict(decoder_shape(ctx)),
             "image_token_id": ctx.config.image_token_id,

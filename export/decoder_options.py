@@ -16,6 +16,7 @@ class QuantOptions:
     # CPU but it moved the greedy next token at 3 of 52 prompt positions of the tiny model: opt-in only.
     accuracy_level: int = 1
     quantize_lm_head: bool = True
+    quantize_embedding: bool = True  # GatherBlockQuantized table (int4 mode, symmetric only)
     symmetric: bool = True
 
     def validate(self) -> None:

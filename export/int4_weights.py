@@ -44,7 +44,7 @@ class Int4Plan:
                         and (options.quantize_lm_head or n.input[1] != lm_head)}
         # The table shares the lm_head's packed rows when both are one checkpoint tensor and the lm_head is packed.
         self.shared = lm_head in self.matmuls and embedding in sources and sources[embedding].key == sources[lm_head].key
-        self.quantize_embedding = options.symmetric and embedding in sources
+        self.quantize_embedding = options.quantize_embedding and options.symmetric and embedding in sources
         if not options.symmetric:
             log.info("asymmetric INT4: the embedding table stays float32 (GatherBlockQuantized here is symmetric only)")
         self._rewrite_nodes(proto)

@@ -88,6 +88,15 @@ def _export_components(wanted, ctx_args: dict[str, Any], quant: QuantOptions, vi
     return artifacts
 
 
+def _check_checkpoint(model_dir: Path, family) -> None:
+    """Before anything is written: every weight file is whole, and every tensor the model needs is in it with
+    the shape the config gives and a readable dtype (headers only; no weight is read)."""
+    from qvl_compile.export.checkpoint_files import CheckpointReader
+    from qvl_compile.export.streamed_reference import checkpoint_source
+
+    checkpoint_source(family.load_skeleton(model_dir), CheckpointReader(model_dir))
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "all",
                  quant: QuantOptions | None = None, force: bool = False,
                  vision_quant: VisionQuantOptions | None = None, target: Target = CPU_FP32) -> Manifest:
@@ -97,6 +106,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = ModelConfig.from_dir(model_dir)
     family = family_named(config.model_type)
+    _check_checkpoint(model_dir, family)
     source = _source_record(model_dir)
     wanted = ("vision", "decoder") if component == "all" else (component,)
     with atomic_output_dir(out_dir, force=force, marker=MANIFEST_NAME) as work_dir:

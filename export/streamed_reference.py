@@ -23,12 +23,16 @@ Source = Callable[[str], torch.Tensor]  # parameter name (in the hooked model) -
 
 
 def checkpoint_source(model: nn.Module, reader: CheckpointReader, prefix: str = "") -> Source:
-    """Values from the checkpoint: a tied parameter reads whichever of its names the checkpoint holds."""
+    """Values from the checkpoint: a tied parameter reads whichever of its names the checkpoint holds. Every
+    parameter's tensor is checked now (present, same shape), from the files' headers."""
     keys: dict[str, str] = {}
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     for names in parameter_names(model).values():
         stored = [prefix + n for n in names if prefix + n in reader]
         if not stored:
-            raise QvlError(f"{reader.model_dir}: the checkpoint has no tensor {prefix + names[0]}")
+            raise QvlError(f"{reader.model_dir}: the checkpoint has no tensor {prefix + names[0]} "
+                           f"(expected shape {list(shapes[names[0]])})")
+        reader.check_shape(stored[0], shapes[names[0]])
         keys.update({n: stored[0] for n in names})
 
     def read(name: str) -> torch.Tensor:

@@ -33,10 +33,14 @@ class WeightSource:
         return tuple(reversed(self.shape)) if self.transpose else self.shape
 
     def read(self, reader: CheckpointReader) -> np.ndarray:
-        tensor = reader.read(self.key)
-        if self.transpose:
-            tensor = tensor.T
-        return np.ascontiguousarray(tensor.numpy())  # float32, C order: what the graph and the quantizer take
+        """float32 in C order (what the graph and the quantizer take); transposed while converting, so memory
+        holds the stored tensor and one float32 copy."""
+        import torch
+
+        stored = reader.read_stored(self.key)
+        values = torch.empty(self.shape, dtype=torch.float32)
+        values.copy_(stored.T if self.transpose else stored)
+        return values.numpy()
 
 
 class TensorWriter:

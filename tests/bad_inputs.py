@@ -265,6 +265,8 @@ RUNTIME_CASES = [
              lambda c: pipeline_generate(c.export, "look <|image_pad|>")),
 ]
 
+WRONG_TENSOR = "model.language_model.layers.0.mlp.up_proj.weight"  # [128, 64] in the tiny model
+
 EXPORT_CASES = [
     BadInput("model-missing", "export", "MODEL_DIR that does not exist",
              lambda c: ["export", c.tmp / "nope", c.tmp / "out"], "does not exist",
@@ -301,6 +303,24 @@ EXPORT_CASES = [
     BadInput("model-truncated-weights", "export", "model.safetensors cut to 5,000 bytes",
              lambda c: ["export", truncated_weights(c), c.tmp / "o"], "truncated", needs=("tiny",),
              api=lambda c: export_api(truncated_weights(c), c.tmp / "o")),
+    BadInput("model-missing-shard", "export", "a sharded checkpoint with its second shard deleted",
+             lambda c: ["export", sharded(c, "missing-shard", drop_shard=1), c.tmp / "o"],
+             "missing weight file(s)", needs=("tiny",),
+             api=lambda c: export_api(sharded(c, "missing-shard", drop_shard=1), c.tmp / "o")),
+    BadInput("model-index-wrong-file", "export", "an index that puts a tensor in a shard that does not hold it",
+             lambda c: ["export", sharded(c, "wrong-index", misplace=WRONG_TENSOR), c.tmp / "o"],
+             f"names tensor {WRONG_TENSOR} in model-0000", needs=("tiny",),
+             api=lambda c: export_api(sharded(c, "wrong-index", misplace=WRONG_TENSOR), c.tmp / "o")),
+    BadInput("model-wrong-shape", "export", f"{WRONG_TENSOR} stored transposed",
+             lambda c: ["export", sharded(c, "wrong-shape", transpose=WRONG_TENSOR), c.tmp / "o"],
+             f"tensor {WRONG_TENSOR} has shape [64, 128], the config expects [128, 64]", needs=("tiny",),
+             api=lambda c: export_api(sharded(c, "wrong-shape", transpose=WRONG_TENSOR), c.tmp / "o")),
+    BadInput("model-wrong-dtype", "export", f"{WRONG_TENSOR} stored as int32",
+             lambda c: ["export", int32_tensor(c), c.tmp / "o"], f"tensor {WRONG_TENSOR} is I32, expected one of",
+             needs=("tiny",), api=lambda c: export_api(int32_tensor(c), c.tmp / "o")),
+    BadInput("model-truncated-shard", "export", "the last shard of a sharded checkpoint missing its last 100 bytes",
+             lambda c: ["export", sharded(c, "cut-shard", cut_last=100), c.tmp / "o"], "ends past the end of the file",
+             needs=("tiny",), api=lambda c: export_api(sharded(c, "cut-shard", cut_last=100), c.tmp / "o")),
     BadInput("out-foreign", "export", "OUT_DIR exists and holds someone else's files",
              lambda c: ["export", c.tiny, foreign_folder(c), "--component", "vision"], "pass --force",
              lambda c: export_api(c.tiny, foreign_folder(c)), needs=("tiny",)),
@@ -324,6 +344,48 @@ def truncated_weights(ctx: Context) -> Path:
     folder = copy_of(ctx.tiny, ctx, "truncated-weights")
     with open(folder / "model.safetensors", "r+b") as fh:
         fh.truncate(5000)
+    return folder
+
+
+def sharded(ctx: Context, name: str, drop_shard: int | None = None, misplace: str | None = None,
+            transpose: str | None = None, cut_last: int = 0) -> Path:
+    """The tiny checkpoint as bf16 shards of about 400 KB with an index, then broken as asked."""
+    import torch
+
+    from qvl_compile.export.checkpoint_files import INDEX_NAME, CheckpointReader, TensorSpec, write_sharded
+
+    folder = ctx.tmp / name
+    if folder.exists():
+        return folder
+    folder.mkdir()
+    reader = CheckpointReader(ctx.tiny)
+    tensors = {n: reader.read(n).to(torch.bfloat16) for n in reader.header}
+    if transpose:
+        tensors[transpose] = tensors[transpose].T.contiguous()
+    specs = [TensorSpec(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
+    files = write_sharded(folder, specs, lambda spec: tensors[spec.name], max_shard_bytes=400_000)
+    for asset in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(ctx.tiny / asset, folder / asset)
+    if drop_shard is not None:
+        files[drop_shard].unlink()
+    if misplace:
+        index = json.loads((folder / INDEX_NAME).read_text())
+        index["weight_map"][misplace] = files[0].name if index["weight_map"][misplace] != files[0].name else files[1].name
+        (folder / INDEX_NAME).write_text(json.dumps(index))
+    if cut_last:
+        with open(files[-1], "r+b") as fh:
+            fh.truncate(files[-1].stat().st_size - cut_last)
+    return folder
+
+
+def int32_tensor(ctx: Context) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_of(ctx.tiny, ctx, "int32-tensor")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors[WRONG_TENSOR] = tensors[WRONG_TENSOR].to(torch.int32)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
 
 
