@@ -125,18 +125,16 @@ class CheckpointReader:
         """The tensor in its stored dtype."""
         if name not in self.stored:
             raise QvlError(f"{self.model_dir}: the checkpoint has no tensor {name}")
-        tensor = self.stored[name]
-        buffer = bytearray(tensor.length)
+        stored = self.stored[name]
+        tensor = torch.empty(stored.shape, dtype=READABLE_DTYPES[stored.dtype])  # torch's aligned allocation
         try:
-            with open(tensor.path, "rb") as fh:
-                fh.seek(tensor.start)
-                if fh.readinto(buffer) != tensor.length:
+            with open(stored.path, "rb") as fh:
+                fh.seek(stored.start)
+                if stored.length and fh.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != stored.length:
                     raise OSError("short read")
         except OSError as exc:
-            raise QvlError(f"{tensor.path}: cannot read tensor {name} ({exc})") from None
-        if not tensor.length:
-            return torch.empty(tensor.shape, dtype=READABLE_DTYPES[tensor.dtype])
-        return torch.frombuffer(buffer, dtype=READABLE_DTYPES[tensor.dtype]).reshape(tensor.shape)
+            raise QvlError(f"{stored.path}: cannot read tensor {name} ({exc})") from None
+        return tensor
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor as float32."""
