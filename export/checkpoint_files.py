@@ -121,24 +121,28 @@ class CheckpointReader:
             raise QvlError(f"{self.stored[name].path}: tensor {name} has shape {list(self.stored[name].shape)}, "
                            f"the config expects {list(shape)}")
 
-    def read_stored(self, name: str) -> torch.Tensor:
-        """The tensor in its stored dtype."""
+    def read_stored(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor in its stored dtype; `rows` (start, stop) reads only those rows of its first axis."""
         if name not in self.stored:
             raise QvlError(f"{self.model_dir}: the checkpoint has no tensor {name}")
         stored = self.stored[name]
-        tensor = torch.empty(stored.shape, dtype=READABLE_DTYPES[stored.dtype])  # torch's aligned allocation
+        shape, start, length = stored.shape, stored.start, stored.length
+        if rows is not None:
+            row_bytes = length // shape[0]
+            shape, start, length = (rows[1] - rows[0], *shape[1:]), start + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
+        tensor = torch.empty(shape, dtype=READABLE_DTYPES[stored.dtype])  # torch's aligned allocation
         try:
             with open(stored.path, "rb") as fh:
-                fh.seek(stored.start)
-                if stored.length and fh.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != stored.length:
+                fh.seek(start)
+                if length and fh.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != length:
                     raise OSError("short read")
         except OSError as exc:
             raise QvlError(f"{stored.path}: cannot read tensor {name} ({exc})") from None
         return tensor
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor as float32."""
-        return self.read_stored(name).to(torch.float32)
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor (or rows of it) as float32."""
+        return self.read_stored(name, rows).to(torch.float32)
 
 
 def load_tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:

@@ -32,8 +32,22 @@ class GraphWeights:
     def nodes(self, op_type: str) -> list[onnx.NodeProto]:
         return [node for node in self.proto.graph.node if node.op_type == op_type]
 
-    def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self._tensors[name], base_dir=str(self.path.parent))
+    def array(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """A fresh read of the initializer, or of rows [start, stop) of its first axis (external data is read at
+        those rows' offset only)."""
+        entry = self._tensors[name]
+        if entry.data_location != onnx.TensorProto.EXTERNAL:
+            array = numpy_helper.to_array(entry)
+            return array if rows is None else array[rows[0]:rows[1]]
+        info = {e.key: e.value for e in entry.external_data}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(entry.data_type)
+        shape = list(entry.dims)
+        offset = int(info.get("offset", 0))
+        if rows is not None:
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            offset, shape[0] = offset + rows[0] * row_bytes, rows[1] - rows[0]
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.fromfile(self.path.parent / info["location"], dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -59,33 +73,34 @@ def dequantize_int4_rows(packed: np.ndarray, scales: np.ndarray, block: int, k: 
     return weights.reshape(n, blocks * block)[:, :k]
 
 
-def dequantize_matmul_nbits(node: onnx.NodeProto, graph: GraphWeights) -> np.ndarray:
-    """W [N, K] of a MatMulNBits node."""
+def dequantize_matmul_nbits(node: onnx.NodeProto, graph: GraphWeights, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """W [N, K] of a MatMulNBits node (or rows [start, stop) of it)."""
     attrs = _attrs(node)
     if attrs["bits"] != 4:
         raise QvlError(f"{node.name}: only 4-bit MatMulNBits is supported, got {attrs['bits']}")
-    zero_points = graph.array(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    return dequantize_int4_rows(graph.array(node.input[1]), graph.array(node.input[2]), attrs["block_size"],
+    zero_points = graph.array(node.input[3], rows) if len(node.input) > 3 and node.input[3] else None
+    return dequantize_int4_rows(graph.array(node.input[1], rows), graph.array(node.input[2], rows), attrs["block_size"],
                                 attrs["K"], zero_points)
 
 
-def dequantize_gather(node: onnx.NodeProto, graph: GraphWeights) -> np.ndarray:
+def dequantize_gather(node: onnx.NodeProto, graph: GraphWeights, rows: tuple[int, int] | None = None) -> np.ndarray:
     """The table [rows, columns] of a GatherBlockQuantized node (uint8 data holding 4-bit pairs, axis 0 gathered)."""
     attrs = _attrs(node)
     if attrs.get("bits", 4) != 4 or attrs.get("gather_axis", 0) != 0 or attrs.get("quantize_axis", 1) != 1:
         raise QvlError(f"{node.name}: expected 4-bit rows gathered on axis 0, got attributes {attrs}")
     if len(node.input) > 3 and node.input[3]:
         raise QvlError(f"{node.name}: zero points on a GatherBlockQuantized table are not supported")
-    packed, block = graph.array(node.input[0]), attrs["block_size"]
-    rows, columns = packed.shape[0], packed.shape[1] * 2
-    return dequantize_int4_rows(packed.reshape(rows, -1, block // 2), graph.array(node.input[2]), block, columns)
+    packed, block = graph.array(node.input[0], rows), attrs["block_size"]
+    count, columns = packed.shape[0], packed.shape[1] * 2
+    return dequantize_int4_rows(packed.reshape(count, -1, block // 2), graph.array(node.input[2], rows), block, columns)
 
 
-def quantized_weights(model: torch.nn.Module, graph_path: Path, family: Family) -> dict[str, Callable[[], torch.Tensor]]:
-    """transformers parameter name (as its module calls it) -> loader of the graph's dequantized values."""
+def quantized_weights(model: torch.nn.Module, graph_path: Path, family: Family) -> dict[str, Callable[..., torch.Tensor]]:
+    """transformers parameter name (as its module calls it) -> loader of the graph's dequantized values
+    (`loader(rows=None)`; rows (start, stop) of the first axis)."""
     graph = GraphWeights(graph_path)
     module_names = {id(m): name for name, m in model.named_modules()}
-    loaders: dict[str, Callable[[], torch.Tensor]] = {}
+    loaders: dict[str, Callable[..., torch.Tensor]] = {}
     for node, weight_name, dequantize in [*((n, n.input[1], dequantize_matmul_nbits) for n in graph.nodes("MatMulNBits")),
                                           *((n, n.input[0], dequantize_gather) for n in graph.nodes("GatherBlockQuantized"))]:
         module = family.projection_module(model, weight_name)
@@ -95,8 +110,8 @@ def quantized_weights(model: torch.nn.Module, graph_path: Path, family: Family) 
     return loaders
 
 
-def _as_tensor(dequantize, node: onnx.NodeProto, graph: GraphWeights) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(dequantize(node, graph)))
+def _as_tensor(dequantize, node: onnx.NodeProto, graph: GraphWeights, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(dequantize(node, graph, rows)))
 
 
 def fake_quant_reference(hf_model, graph_path, family: Family, in_place: bool = False) -> torch.nn.Module:
