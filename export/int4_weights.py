@@ -13,14 +13,17 @@ import logging
 
 import numpy as np
 import onnx
+import torch
 
 from qvl_compile.errors import QvlError
+from qvl_compile.export.checkpoint_files import CheckpointReader
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.weight_writer import TensorWriter, WeightSource
 
 log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
+PACK_CHUNK_BYTES = 64 << 20  # float32 bytes of a weight converted at once while packing
 
 
 def block_quantizer(options: QuantOptions):
@@ -83,14 +86,31 @@ class Int4Plan:
             name=node.name + "_Q4", domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
             block_size=self.options.block_size, bits=4)
 
-    def pack(self, weight_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(packed [N, K/block, block/2] uint8, scales [N, K/block], zero points) of a [K, N] float32 weight."""
-        return self.quantizer.qbits_block_quant(weight_kn)
+    def pack(self, source: WeightSource, reader: CheckpointReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(packed [N, K/block, block/2] uint8, scales [N, K/block], zero points) of a weight whose checkpoint
+        tensor is [N, K] (a linear, which the graph holds as its [K, N] transpose, or the table [vocab, hidden]).
 
-    def write(self, name: str, values: np.ndarray, writer: TensorWriter) -> list[onnx.TensorProto]:
-        """The initializers for one streamed weight (float32 values in the graph's layout)."""
+        The quantizer packs each of the N columns of a [K, N] weight on its own, so the weight is read and packed
+        PACK_CHUNK_BYTES of float32 at a time: the same bytes as one call, without the whole float32 matrix.
+        """
+        n, k = reader.stored[source.key].shape
+        step = max(1, PACK_CHUNK_BYTES // (k * 4))
+        parts = []
+        for start in range(0, n, step):
+            rows = reader.read_stored(source.key, (start, min(start + step, n)))  # [c, K] as stored
+            chunk = torch.empty((k, rows.shape[0]), dtype=torch.float32)
+            chunk.copy_(rows.T)  # [K, c], C order: the quantizer's input
+            parts.append(self.quantizer.qbits_block_quant(chunk.numpy()))
+            del rows, chunk
+        return tuple(np.concatenate([part[i] for part in parts]) if len(parts) > 1 else parts[0][i] for i in range(3))
+
+    def write(self, name: str, source: WeightSource, reader: CheckpointReader,
+              writer: TensorWriter) -> list[onnx.TensorProto]:
+        """The initializers for one graph weight, read from the checkpoint here."""
         if name in self.matmuls:
-            packed, scales, zero_points = self.pack(values)
+            if not source.transpose:
+                raise QvlError(f"{name}: expected the [in, out] transpose of a checkpoint linear")
+            packed, scales, zero_points = self.pack(source, reader)
             written = [writer.add(name + "_Q4", packed), writer.add(name + "_scales", scales)]
             if not self.options.symmetric:
                 written.append(writer.add(name + "_zero_points", zero_points))
@@ -98,10 +118,9 @@ class Int4Plan:
         if name == self.embedding and self.quantize_embedding:
             if self.shared:
                 return []  # written from the lm_head's bytes in finish()
-            packed, scales, _ = self.pack(np.ascontiguousarray(values.T))  # the table [vocab, H] as a [H, vocab] weight
-            vocab = packed.shape[0]
-            return [writer.add(name + "_Q4", packed.reshape(vocab, -1)), writer.add(name + "_scales", scales)]
-        return [writer.add(name, values)]
+            packed, scales, _ = self.pack(source, reader)  # the table [vocab, H] packed as a [H, vocab] weight
+            return [writer.add(name + "_Q4", packed.reshape(packed.shape[0], -1)), writer.add(name + "_scales", scales)]
+        return [writer.add(name, source.read(reader))]
 
     def finish(self, writer: TensorWriter, written: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
         """The shared table: the lm_head's packed bytes seen as [vocab, hidden/2]."""

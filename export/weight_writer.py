@@ -7,7 +7,6 @@ converted (float32, transposed where the graph stores a linear as [in, out]), op
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,17 +118,12 @@ def check_no_placeholder_constants(proto: onnx.ModelProto) -> None:
                            "the streaming exporter cannot fill it from the checkpoint")
 
 
-def stream_weights(sources: dict[str, WeightSource], reader: CheckpointReader) -> Iterator[tuple[str, np.ndarray]]:
-    """(initializer name, float32 values), one weight in memory at a time."""
-    for name, source in sources.items():
-        yield name, source.read(reader)
-
-
 class Float32Weights:
     """The plain plan: every weight written as it is read."""
 
-    def write(self, name: str, values: np.ndarray, writer: TensorWriter) -> list[onnx.TensorProto]:
-        return [writer.add(name, values)]
+    def write(self, name: str, source: WeightSource, reader: CheckpointReader,
+              writer: TensorWriter) -> list[onnx.TensorProto]:
+        return [writer.add(name, source.read(reader))]
 
     def finish(self, writer: TensorWriter, written: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
         return []
@@ -137,16 +131,15 @@ class Float32Weights:
 
 def write_graph(proto: onnx.ModelProto, sources: dict[str, WeightSource], reader: CheckpointReader, path: Path,
                 external: bool, plan=None) -> None:
-    """Save `proto` at `path` with its weights read from `reader` one by one (`plan` packs them; default float32).
-    External data goes to `path.name + ".data"` beside it."""
+    """Save `proto` at `path` with its weights read from `reader` one by one (`plan` reads and packs each one;
+    default: float32 as read). External data goes to `path.name + ".data"` beside it."""
     plan = plan or Float32Weights()
     writer = TensorWriter(path.with_name(path.name + ".data") if external else None)
     written: dict[str, onnx.TensorProto] = {}
     try:
-        for name, values in stream_weights(sources, reader):
-            for tensor in plan.write(name, values, writer):
+        for name, source in sources.items():
+            for tensor in plan.write(name, source, reader, writer):
                 written[tensor.name] = tensor
-            del values
         written.update({t.name: t for t in plan.finish(writer, written)})
     finally:
         writer.close()

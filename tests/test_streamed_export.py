@@ -29,9 +29,26 @@ def _initializers(path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_int4_weights_are_bit_identical_to_matmul_nbits_quantizer(fp32_export, int4_export):
+@pytest.fixture(scope="module")
+def int4_in_small_chunks(tiny_dir, tmp_path_factory):
+    """The INT4 decoder packed 1,000 float32 bytes at a time (every weight in many chunks, as large ones are)."""
+    from qvl_compile.export import int4_weights
+
+    previous, int4_weights.PACK_CHUNK_BYTES = int4_weights.PACK_CHUNK_BYTES, 1_000
+    try:
+        out = tmp_path_factory.mktemp("chunks") / "out"
+        export_model(tiny_dir, out, component="decoder")
+    finally:
+        int4_weights.PACK_CHUNK_BYTES = previous
+    return out
+
+
+@pytest.mark.parametrize("export_name", ["int4_export", "int4_in_small_chunks"])
+def test_int4_weights_are_bit_identical_to_matmul_nbits_quantizer(fp32_export, export_name, request):
     """Today's whole-graph quantizer over the float32 graph and our per-tensor calls give the same bytes."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    int4_export = request.getfixturevalue(export_name)
 
     options = QuantOptions()
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
@@ -111,7 +128,7 @@ def test_writer_holds_one_weight_at_a_time(tiny_dir, tmp_path, monkeypatch):
     from qvl_compile.export import weight_writer
 
     alive, seen, writing = weakref.WeakSet(), [], []
-    read, stream = CheckpointReader.read_stored, weight_writer.stream_weights
+    read, write = CheckpointReader.read_stored, weight_writer.write_graph
 
     def tracking_read(self, name, rows=None):
         tensor = read(self, name, rows)
@@ -120,12 +137,14 @@ def test_writer_holds_one_weight_at_a_time(tiny_dir, tmp_path, monkeypatch):
             alive.add(tensor)
         return tensor
 
-    def tracking_stream(sources, reader):
+    def tracking_write(*args, **kwargs):
         writing.append(True)
-        yield from stream(sources, reader)
-        writing.clear()
+        try:
+            return write(*args, **kwargs)
+        finally:
+            writing.clear()
     monkeypatch.setattr(CheckpointReader, "read_stored", tracking_read)
-    monkeypatch.setattr(weight_writer, "stream_weights", tracking_stream)
+    monkeypatch.setattr(weight_writer, "write_graph", tracking_write)
     export_model(tiny_dir, tmp_path / "out", component="decoder", quant=QuantOptions(mode="fp32"))
     assert len(seen) == 4 * 11 + 3 and max(seen) == 0  # 11 per layer, the table, the final norm, the lm_head
 
