@@ -87,7 +87,8 @@ def decoder_parity(decoder: TextDecoder, reference_model, family: Family, steps:
     # The reference reads the prompt and the fed tokens in one pass (teacher forcing): its logit at the prompt's
     # position seq + i is what the runtime's cached step i computes. One pass, whatever the step count, keeps a
     # streamed reference (one module's weights at a time) affordable at real size.
-    forced = dataclasses.replace(prompt, input_ids=torch.cat([prompt.input_ids, torch.tensor([tokens[:steps]], dtype=torch.int64)], dim=1))
+    fed = torch.tensor([tokens[:steps]], dtype=torch.int64)
+    forced = dataclasses.replace(prompt, input_ids=torch.cat([prompt.input_ids, fed], dim=1))
     ref_all, ref_calls = family.run_reference(reference_model, forced, [])
     positions = ref_calls[0].position_ids[0, 0, seq:].tolist()  # transformers' own positions of the fed tokens
     if positions != [next_position + step for step in range(steps)]:

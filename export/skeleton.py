@@ -16,7 +16,6 @@ import itertools
 import torch
 from torch import nn
 
-
 _payloads = itertools.count(1)
 
 

@@ -47,7 +47,7 @@ class TensorWriter:
 
     def __init__(self, data_path: Path | None):
         self.data_path = data_path
-        self._file = open(data_path, "wb") if data_path else None  # noqa: SIM115 (closed by close())
+        self._file = open(data_path, "wb") if data_path else None
         self.offsets: dict[str, tuple[int, int]] = {}  # name -> (offset, length) in the data file
 
     def add(self, name: str, array: np.ndarray) -> onnx.TensorProto:

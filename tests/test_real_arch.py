@@ -46,7 +46,6 @@ def _check_against_whole_graph_quantizer(model_dir, graph_path, names):
     import logging
 
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
