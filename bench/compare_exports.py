@@ -35,7 +35,7 @@ def compare_decoder(old: Path, new: Path, seed: int) -> dict:
     decoders = [TextDecoder.from_export(folder) for folder in (old, new)]
     facts = decoders[0].facts
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, 1000, (1, 40))
+    ids = rng.integers(0, min(1000, decoders[0].artifact.image_token_id, facts.vocab_size), (1, 40))  # text tokens
     ids[0, 10:26] = decoders[0].artifact.image_token_id
     visual = rng.standard_normal((16, facts.hidden_size)).astype(np.float32)
     deepstack = rng.standard_normal((facts.num_deepstack, 16, facts.hidden_size)).astype(np.float32)
