@@ -17,11 +17,11 @@ from qvl_compile.manifest import check_files, read_manifest
 
 # (component, progress line of `qvl-compile export MODEL OUT --component ...` at which the export is killed)
 KILL_POINTS = [
-    ("vision", "step 1/7: load checkpoint ..."),  # before any graph exists
-    ("vision", "step 4/7: translate to ONNX ..."),  # graph being written
-    ("vision", "step 7/7: verify against eager PyTorch at other grids ..."),  # graph complete, being checked
-    ("decoder", "step 6/7: quantize (onnxruntime MatMulNBits) ..."),  # fp32 graph written, INT4 in progress
-    ("decoder", "step 7/7: verify against transformers ..."),  # everything written except the manifest
+    ("vision", "step 1/8: load checkpoint ..."),  # before any graph exists
+    ("vision", "step 4/8: translate to ONNX ..."),  # graph being translated
+    ("vision", "step 8/8: verify against eager PyTorch at other grids ..."),  # graph complete, being checked
+    ("decoder", "step 5/7: write weights (streamed from the checkpoint) ..."),  # weights being written
+    ("decoder", "step 7/7: verify against transformers (weights streamed) ..."),  # all written but the manifest
 ]
 
 
