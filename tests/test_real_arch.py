@@ -21,7 +21,7 @@ def test_2b_vision_exports_and_matches_eager(tmp_path):
 
 
 def test_2b_int4_decoder_matches_its_fake_quant_reference(tmp_path):
-    """Export about 3 minutes on 2 cores, peak RSS about 3.9 GB (weights streamed). The packed weights are the
+    """Export about 3 minutes on 2 cores, peak RSS about 2.6 GB (weights streamed). The packed weights are the
     bytes onnxruntime's MatMulNBitsQuantizer gives the same float32 MatMul (first and last layer, lm_head)."""
     import json
 
