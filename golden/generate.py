@@ -26,7 +26,7 @@ from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.grids import GRID_MATRIX
 from qvl_compile.families.qwen3_vl.loaders import load_image_processor, load_vision_model, reference_vision
 from qvl_compile.families.qwen3_vl.reference import build_prompt, run_reference, with_token_types
-from qvl_compile.golden.media import VIDEO_NAME, write_media
+from qvl_compile.golden.media import MOTION_VIDEO, write_media
 from qvl_compile.golden.store import (
     EXACT,
     GOLDEN_FORMAT,
@@ -38,18 +38,18 @@ from qvl_compile.golden.store import (
     write_case,
 )
 from qvl_compile.manifest import sha256_file
-from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE
+from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE, VISION_FP32_TOLERANCE
 from qvl_compile.registry import family_named
 
 log = logging.getLogger(__name__)
 
-SEED = 0  # the tiny checkpoint's seed
 ALL_KINDS = ("vision", "positions", "decoder", "preprocess", "generate")
 # transformers 4.57's slow image processor ignores preprocessor_config.json's `size` (see
 # tests/test_preprocess.py), so pixel goldens come from the 5.x PIL processor only.
 KINDS_NEEDING_5X = ("preprocess",)
 
-VISION_TOLERANCE = Tolerance("max_rel", FP32_TOLERANCE, "fp32 ONNX vs fp32 eager PyTorch: summation order only (measured ~1e-6)")
+VISION_TOLERANCE = Tolerance("max_rel", VISION_FP32_TOLERANCE, "fp32 ONNX vs eager PyTorch in float64: fp32 rounding "
+                             "only, which trained weights amplify (measured up to 1.2e-4; qvl_compile/parity.py)")
 FP32_LOGITS = Tolerance("max_rel", FP32_TOLERANCE, "fp32 ONNX vs fp32 eager PyTorch: summation order only (measured ~4e-7)")
 INT4_LOGITS = Tolerance("max_rel", INT4_TOLERANCE, "INT4 graph vs eager PyTorch holding that graph's dequantized weights: the "
                         "kernel's blockwise order (measured ~4e-7 at accuracy_level 1); unquantized weights differ by "
@@ -68,13 +68,19 @@ POSITION_PROMPTS = {
     "mixed": (("video", (2, 6, 4)), ("text", 1), ("image", (1, 2, 2)), ("text", 3), ("video", (1, 4, 4))),
 }
 PREPROCESS_IMAGES = ("red-house.png", "wide.png", "grey-small.png", "palette.png", "alpha.png", "cmyk.tiff")
-# Images whose pixel count lies inside both transformers lines' bounds, so every line agrees on their grids.
+# Shapes-suite questions to the trained model (answers that are right or wrong, not one repeated token), on
+# images and a video whose grids every transformers line and the runtime agree on (golden/media.py).
 GENERATE_CASES = {
-    "text": ((), False), "one-image": (("wide.png",), False), "two-images": (("wide.png", "tall.png"), False),
-    "video": ((), True), "image-video": (("tall.png",), True),
+    "text": ("What color is the shape?", (), None),
+    "color": ("What color is the shape?", ("shapes-one.png",), None),
+    "ground": ("Locate the blue square.", ("shapes-three.png",), None),
+    "count": ("How many shapes are there?", ("shapes-three.png",), None),
+    "two-images": ("Which image shows the orange shape, the first or the second?",
+                   ("shapes-one.png", "shapes-orange.png"), None),
+    "motion": ("Which way does the shape move?", (), MOTION_VIDEO),
+    "image-video": ("What shape is this?", ("shapes-orange.png",), MOTION_VIDEO),
 }
-GENERATE_PROMPT = "Describe what you see in detail."
-GENERATE_TOKENS = 24
+GENERATE_TOKENS = 40  # a grounding reply is 33 tokens and <|im_end|>
 PENALTIES = {"penalty-8": 8.0, "greedy": 1.0}
 
 
@@ -91,7 +97,7 @@ def build_sources(scratch: Path) -> Sources:
     from qvl_compile.export.pipeline import export_model
     from qvl_compile.families.qwen3_vl.fixtures import write_tiny
 
-    model_dir = write_tiny(scratch / "tiny", seed=SEED)
+    model_dir = write_tiny(scratch / "tiny")  # the trained embedded model
     log.info("exporting the tiny model (fp32, then the INT4 decoder)")
     export_model(model_dir, scratch / "fp32", component="all", quant=QuantOptions(mode="fp32"))
     export_model(model_dir, scratch / "int4", component="decoder")
@@ -121,7 +127,9 @@ def _is_5x() -> bool:
 # --- the cases --------------------------------------------------------------------------------------
 
 def _vision_cases(out: Path, sources: Sources, model) -> list[str]:
-    visual = load_vision_model(sources.model_dir)
+    # float64: on trained weights transformers' own fp32 result drifts from the exact one by up to 3.5e-4 of
+    # scale at some inputs (export/verify.py); the golden is the exact answer, cast to float32.
+    visual = load_vision_model(sources.model_dir).double()
     patch_dim = ModelConfig.from_dir(sources.model_dir).vision.patch_dim
     names = []
     for index, (label, grid) in enumerate(GRID_MATRIX.items()):
@@ -129,14 +137,16 @@ def _vision_cases(out: Path, sources: Sources, model) -> list[str]:
         seed = 100 + index
         pixels = pixels_from_seed(rows, patch_dim, seed)
         grid_thw = np.asarray(grid, np.int64)
-        merged, deepstack = reference_vision(visual, torch.from_numpy(pixels), torch.from_numpy(grid_thw))
+        merged, deepstack = (t.float() for t in reference_vision(visual, torch.from_numpy(pixels).double(),
+                                                                 torch.from_numpy(grid_thw)))
         name = f"vision/{slug(label)}"
         write_case(out, name, "vision", params={"label": label, "dtype": "float32"},
                    inputs={"pixel_values": ("recipe", pixels, {"rows": rows, "patch_dim": patch_dim, "seed": seed}),
                            "grid_thw": grid_thw},
                    outputs={"image_embeds": (merged.numpy(), VISION_TOLERANCE),
                             "deepstack_embeds": (deepstack.numpy(), VISION_TOLERANCE)},
-                   notes="transformers' Qwen3VLVisionModel (sdpa) on seeded pixels; the grid matrix of export/grids.py")
+                   notes="transformers' Qwen3VLVisionModel (sdpa, float64) on seeded pixels; the grid matrix of "
+                         "export/grids.py")
         names.append(name)
     return names
 
@@ -216,14 +226,15 @@ def _generate_cases(out: Path, sources: Sources, model) -> list[str]:
     pipe = Pipeline(sources.fp32_export)
     processor = load_image_processor(sources.model_dir)
     names = []
-    for label, (images, with_video) in GENERATE_CASES.items():
+    for label, (prompt, images, video_name) in GENERATE_CASES.items():
         paths = [out / "media" / n for n in images]
-        video = out / "media" / VIDEO_NAME if with_video else None
-        prepared = pipe.prepare(GENERATE_PROMPT, images=paths, video=video)
+        video = out / "media" / video_name if video_name else None
+        with_video = video is not None
+        prepared = pipe.prepare(prompt, images=paths, video=video)
         ids = torch.from_numpy(prepared.input_ids[None])
         kwargs: dict[str, Any] = {"input_ids": ids}
-        params: dict[str, Any] = {"prompt": GENERATE_PROMPT, "images": list(images),
-                                  "video": VIDEO_NAME if with_video else None, "max_new_tokens": GENERATE_TOKENS}
+        params: dict[str, Any] = {"prompt": prompt, "images": list(images), "video": video_name,
+                                  "max_new_tokens": GENERATE_TOKENS}
         if paths:
             opened = [Image.open(p) for p in paths]
             pixels = processor(images=opened, return_tensors="np")
@@ -241,6 +252,10 @@ def _generate_cases(out: Path, sources: Sources, model) -> list[str]:
                 generated = model.generate(**kwargs, max_new_tokens=GENERATE_TOKENS, do_sample=False,
                                            repetition_penalty=penalty)
             name = f"generate/{label}-{suffix}"
+            tokens = generated[0, ids.shape[1]:].tolist()
+            if len(set(tokens)) < 2:
+                raise ValueError(f"golden case {name!r}: the reply is one repeated token ({tokens[:3]}...); "
+                                 "a generate golden must be an answer")
             write_case(out, name, "generate", params={**params, "repetition_penalty": penalty},
                        inputs={"input_ids": prepared.input_ids},
                        outputs={"token_ids": (generated[0, ids.shape[1]:].numpy().astype(np.int64), EXACT)},
@@ -291,7 +306,7 @@ def generate_goldens(out_dir: str | Path, kinds=ALL_KINDS, sources: Sources | No
             "format": GOLDEN_FORMAT,
             "generator": {"command": "qvl-compile golden golden/data", "versions": _versions(), "dtype": "float32",
                           "skipped": skipped},
-            "tiny_checkpoint": {"seed": SEED, "files": {p.name: sha256_file(p) for p in
+            "tiny_checkpoint": {"model": "trained", "files": {p.name: sha256_file(p) for p in
                                                         sorted(sources.model_dir.iterdir()) if p.is_file()}},
             "media": {name: {"what": what, "pixels_sha256": decoded_digest(work / "media" / name)}
                       for name, what in media.items()},

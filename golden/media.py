@@ -57,20 +57,53 @@ def write_media(folder: Path) -> dict[str, str]:
     save("cmyk.tiff", Image.fromarray(cmyk, "CMYK"), "CMYK 200x120 (TIFF, deflate; scaled up)", compression="tiff_adobe_deflate")
     write_video(folder / VIDEO_NAME)
     described[VIDEO_NAME] = f"16 frames 160x128 at {VIDEO_FPS} fps, FFV1 (lossless) in Matroska"
+    for name, (image, what) in suite_images().items():
+        save(name, image, what)
+    write_video(folder / MOTION_VIDEO, motion_frames(), fps=MOTION_FPS)
+    described[MOTION_VIDEO] = f"shapes suite motion: 4 frames 192x160 at {MOTION_FPS} fps, a green square moving right"
     return described
+
+
+# Shapes-suite pictures with fixed geometry. Sides are multiples of 32 and pixel counts lie within the trained
+# model's processor bounds (9216..36864) and transformers 4.57's defaults (3136..1003520), so both lines and the
+# runtime agree on every grid without resizing.
+def suite_images() -> dict[str, tuple[Image.Image, str]]:
+    from qvl_compile.tasks.shapes import Shape, draw
+
+    return {
+        "shapes-one.png": (draw((192, 160), [Shape("triangle", "purple", (60, 40, 124, 104))]),
+                           "shapes suite: one purple triangle, 192x160"),
+        "shapes-three.png": (draw((192, 192), [Shape("circle", "red", (12, 20, 72, 80)),
+                                               Shape("square", "blue", (110, 16, 170, 76)),
+                                               Shape("triangle", "yellow", (56, 110, 120, 174))]),
+                             "shapes suite: red circle, blue square, yellow triangle, 192x192"),
+        "shapes-orange.png": (draw((128, 160), [Shape("circle", "orange", (30, 50, 90, 110))]),
+                              "shapes suite: one orange circle, 160x128"),
+    }
+
+
+MOTION_VIDEO = "motion.mkv"
+MOTION_FPS = 2
+
+
+def motion_frames() -> list[np.ndarray]:
+    from qvl_compile.tasks.shapes import Shape, draw
+
+    return [np.asarray(draw((192, 160), [Shape("square", "green", (16 + 24 * i, 50, 66 + 24 * i, 100))]))
+            for i in range(4)]
 
 
 def video_frames(count: int = 16, height: int = 128, width: int = 160) -> list[np.ndarray]:
     return [_waves(height, width, phase=0.4 * i) for i in range(count)]
 
 
-def write_video(path: Path) -> None:
+def write_video(path: Path, frames: list[np.ndarray] | None = None, fps: int = VIDEO_FPS) -> None:
     import av
 
-    frames = video_frames()
+    frames = video_frames() if frames is None else frames
     # bitexact: no random segment UID or encoder version string, so a rewrite gives identical bytes.
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("ffv1", rate=VIDEO_FPS)
+        stream = container.add_stream("ffv1", rate=fps)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "bgr0"  # RGB stored losslessly: decoding gives back the frames exactly
         for array in frames:

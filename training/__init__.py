@@ -1,0 +1,1 @@
+"""Training the embedded model on the shapes suite (needs torch and transformers)."""
