@@ -99,8 +99,15 @@ def atomic_output_dir(dest: str | Path, *, force: bool, marker: str) -> Iterator
     if dest.exists():
         if not dest.is_dir():
             raise QvlError(f"output {dest} exists and is not a folder")
-        if not force and not _is_ours(dest, marker):
+        ours = _is_ours(dest, marker)
+        if not force and not ours:
             raise QvlError(f"output folder {dest} exists and holds no {marker} (not ours); pass --force to replace it")
+        if not ours:
+            entries = sorted(p.name for p in dest.iterdir())
+            if entries:
+                shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+                log.warning("--force: %s is not an output of ours; its %d entries will be replaced when the new output "
+                            "is complete: %s", dest, len(entries), shown)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     try:

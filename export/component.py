@@ -148,7 +148,7 @@ def graph_files(work_dir: Path, file_name: str) -> list[str]:
 
 def export_component(spec: ComponentSpec, ctx: ExportContext) -> dict[str, Any]:
     """Write the component's graph into ctx.work_dir; return its artifact fields for the contract."""
-    stages = Stages(spec.stage_names())
+    stages = Stages(spec.stage_names(), spec.name)
     ctx.path = ctx.work_dir / spec.file_name
     with stages.run("load checkpoint"):
         hf_model = spec.load(ctx)

@@ -21,8 +21,14 @@ def fuse_gelu(path: Path, external: bool) -> dict[str, int]:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(path)))
-    FusionFastGelu(model).apply()
-    FusionGelu(model).apply()
+    fusion_log = logging.getLogger("fusion_base")  # onnxruntime.transformers' own "Fused X: n" lines; ours follows
+    level = fusion_log.level
+    fusion_log.setLevel(max(level, logging.WARNING))
+    try:
+        FusionFastGelu(model).apply()
+        FusionGelu(model).apply()
+    finally:
+        fusion_log.setLevel(level)
     model.topological_sort()  # fused nodes are appended at the end
     counts = {op: sum(n.op_type == op for n in model.model.graph.node) for op in ("FastGelu", "Gelu")}
     for stale in [path, path.with_name(path.name + ".data")]:

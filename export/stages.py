@@ -29,14 +29,14 @@ def _peak_rss_gb() -> float:
 
 
 class Stages:
-    def __init__(self, names: list[str]):
-        self.names = names
+    def __init__(self, names: list[str], component: str = ""):
+        self.names, self.component = names, component
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def run(self, name: str) -> Iterator[None]:
         number = self.names.index(name) + 1
-        label = f"step {number}/{len(self.names)}: {name}"
+        label = f"{self.component + ' ' if self.component else ''}step {number}/{len(self.names)}: {name}"
         log.info("%s ...", label)
         start = time.perf_counter()
         try:

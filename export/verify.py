@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +27,42 @@ __all__ = ["ParityRow", "vision_parity", "verify_export", "vision_criteria", "DE
 
 
 def vision_parity(encoder: VisionEncoder, reference: torch.nn.Module, grids: dict, family: Family, seed: int = 1,
-                  criteria: Criteria = FP32, grid_dtype=np.int64) -> list[ParityRow]:
+                  criteria: Criteria = FP32, grid_dtype=np.int64, exact: Callable | None = None) -> list[ParityRow]:
+    """Each grid's outputs against the fp32 reference. Where an fp32 comparison fails and `exact` is given (a
+    float64 copy of the reference, made on first use), the graph is judged against the float64 result instead,
+    and the row says so: on trained weights PyTorch's own fp32 result can be the one that drifts (measured:
+    3.5e-4 of scale from float64 on the trained tiny model, where the graph stayed within 1.2e-5)."""
     rows = []
     for offset, (name, grid) in enumerate(grids.items()):
         pixels = random_pixels(grid, encoder.patch_dim, seed + offset)
         got = encoder(pixels, np.asarray(grid, dtype=grid_dtype))
         ref_embeds, ref_deepstack = family.reference_vision(reference, torch.from_numpy(pixels), torch.tensor(grid))
-        rows.append(compare(name, grid, "image_embeds", got.image_embeds, ref_embeds.numpy(), criteria))
-        rows.append(compare(name, grid, "deepstack_embeds", got.deepstack_embeds, ref_deepstack.numpy(), criteria))
-        log.info("%s: %s", name, "pass" if rows[-1].passed and rows[-2].passed else "FAIL")
+        pair = [compare(name, grid, "image_embeds", got.image_embeds, ref_embeds.numpy(), criteria),
+                compare(name, grid, "deepstack_embeds", got.deepstack_embeds, ref_deepstack.numpy(), criteria)]
+        if exact is not None and criteria == FP32 and not all(row.passed for row in pair):
+            with torch.no_grad():
+                refs = family.reference_vision(exact(), torch.from_numpy(pixels).double(), torch.tensor(grid))
+            outputs = (got.image_embeds, got.deepstack_embeds)
+            pair = [row if row.passed else replace(compare(name, grid, row.output, out, ref.numpy(), criteria),
+                                                   output=f"{row.output} (fp64)")
+                    for row, out, ref in zip(pair, outputs, refs)]
+        rows += pair
+        log.info("%s: %s", name, "pass" if all(row.passed for row in pair) else "FAIL")
     return rows
+
+
+def float64_vision(model_dir: Path, family: Family) -> Callable[[], torch.nn.Module]:
+    """A loader of the checkpoint's vision tower in float64, run once on first call (only when an fp32
+    comparison fails: it holds twice the fp32 tower's bytes)."""
+    loaded: list[torch.nn.Module] = []
+
+    def get() -> torch.nn.Module:
+        if not loaded:
+            log.info("an fp32 comparison failed: judging it against the float64 vision tower")
+            loaded.append(family.load_vision(model_dir).double())
+        return loaded[0]
+
+    return get
 
 
 @contextlib.contextmanager
@@ -89,7 +116,7 @@ def _decoder_case_rows(name: str, parts, parity, tolerance: float) -> list[Parit
     same = parity.onnx_tokens == parity.reference_tokens
     rows = [ParityRow(name, grid, "prefill logits", float("nan"), parity.prefill_max_rel, tolerance),
             ParityRow(name, grid, f"{DECODER_STEPS} step logits", float("nan"), max(parity.steps_max_rel), tolerance),
-            ParityRow(name, grid, "greedy tokens", float("nan"), 0.0 if same else float("inf"), tolerance)]
+            ParityRow(name, grid, "greedy tokens", float("nan"), 0.0 if same else float("inf"), 0.0, exact=True)]
     log.info("%s: %s", name, "pass" if all(r.passed for r in rows) else "FAIL")
     return rows
 
@@ -107,6 +134,7 @@ def verify_export(export_dir: str | Path, model_dir: str | Path, grids: dict | N
     manifest = read_manifest(export_dir)
     ModelConfig.from_dir(model_dir)  # one-line errors for a wrong folder before any loading
     family = family_named(manifest.family)
+    log.info("verify: loading the export's graphs and the PyTorch reference from %s", model_dir)
     rows: list[ParityRow] = []
     if "vision" in manifest.artifacts:
         encoder = VisionEncoder.from_export(export_dir, verify_hashes=True)
@@ -114,7 +142,8 @@ def verify_export(export_dir: str | Path, model_dir: str | Path, grids: dict | N
         from qvl_compile.export.checkpoint_files import CheckpointReader
 
         with streamed_vision(family.load_skeleton(model_dir), CheckpointReader(model_dir), family) as reference:
-            rows += vision_parity(encoder, reference, grids or GRID_MATRIX, family, seed=seed, criteria=criteria)
+            rows += vision_parity(encoder, reference, grids or GRID_MATRIX, family, seed=seed, criteria=criteria,
+                                  exact=float64_vision(model_dir, family))
     if "decoder" in manifest.artifacts:
         rows += decoder_rows(export_dir, model_dir, family, seed)
     return rows

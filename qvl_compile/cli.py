@@ -99,24 +99,27 @@ def main(debug: bool, quiet: bool) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--random", "random_weights", is_flag=True,
+              help="The tiny seeded random model instead of the trained one (smaller; used by parity tests).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights (with --random).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
 @click.option("--model-type", default="qwen3_vl", show_default=True, help="The model family's config model_type.")
 @handle_errors
-def tiny(out_dir: Path, seed: int, force: bool, model_type: str) -> None:
-    """Write the embedded default: a tiny seeded random checkpoint of the family (Qwen3-VL by default)."""
+def tiny(out_dir: Path, random_weights: bool, seed: int, force: bool, model_type: str) -> None:
+    """Write the embedded default model: a small Qwen3-VL trained on the shapes suite (docs/task-suite.md)."""
     from qvl_compile.registry import family_named
 
     quiet_libraries()
     family = family_named(model_type)
-    family.write_tiny(out_dir, seed=seed, force=force)
-    click.echo(f"wrote tiny {family.display_name} checkpoint (seed {seed}) to {out_dir}")
+    family.write_tiny(out_dir, seed=seed, force=force, trained=not random_weights)
+    what = f"random (seed {seed})" if random_weights else "trained"
+    click.echo(f"wrote the tiny {what} {family.display_name} checkpoint to {out_dir}")
 
 
 @main.command("random")
 @click.argument("arch", metavar="ARCH")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--vision-only", is_flag=True, help="Write only the vision tower's weights (for vision exports).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
 @click.option("--model-type", default="qwen3_vl", show_default=True, help="The model family's config model_type.")
@@ -136,14 +139,16 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--component", type=click.Choice(["vision", "decoder", "all"]), default="all", show_default=True)
+@click.option("--component", type=click.Choice(["vision", "decoder", "all"]), default="all", show_default=True,
+              help="Which graphs to write: the vision encoder, the text decoder, or both.")
 @click.option("--quant", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True,
-              help="Decoder weights (the vision graph is fp32).")
+              help="Text decoder weights (the vision graph's are chosen by --vision-quant).")
 @click.option("--block-size", default=32, show_default=True, help="INT4 block size along the input dim.")
 @click.option("--accuracy-level", default=1, show_default=True, type=click.IntRange(0, 4),
               help="MatMulNBits accuracy_level: 0/1 keep fp32 activations; 4 quantizes them to int8 "
                    "(faster on CPU, less exact: see the README).")
-@click.option("--quantize-lm-head/--no-quantize-lm-head", default=True, show_default=True)
+@click.option("--quantize-lm-head/--no-quantize-lm-head", default=True, show_default=True,
+              help="INT4 output projection (with --quant int4); --no-quantize-lm-head keeps it float32.")
 @click.option("--quantize-embedding/--no-quantize-embedding", default=True, show_default=True,
               help="INT4 embedding table (GatherBlockQuantized; shares the lm_head's bytes when the checkpoint "
                    "ties them). --no-quantize-embedding keeps it float32 (+1.2 GB at 2B size).")
@@ -191,19 +196,32 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
         except ValueError as exc:
             raise QvlError(str(exc)) from None
     rows = verify_export(export_dir, model_dir, matrix, seed=seed)
-    click.echo(f"{'case':<28} {'t,h,w':<28} {'output':<17} {'max abs err':>11} {'max rel err':>11} {'tol':>7} "
-               f"{'cosine':>8}  result")
-    for row in rows:
-        thw = ";".join(",".join(map(str, g)) for g in row.grid)
-        max_abs = "-" if row.max_abs != row.max_abs else f"{row.max_abs:.2e}"  # NaN: not measured
-        cosine = "-" if row.cosine != row.cosine else f"{row.cosine:.5f}"
-        click.echo(f"{row.name:<28} {thw:<28} {row.output:<17} {max_abs:>11} {row.max_rel:>11.2e} "
-                   f"{row.tolerance:>7.0e} {cosine:>8}  {'pass' if row.passed else 'FAIL'}")
+    for line in parity_table(rows):
+        click.echo(line)
     failed = [r for r in rows if not r.passed]
-    click.echo("max rel err = max |onnx - torch| / max |torch| (greedy tokens: 0 when identical)")
+    click.echo("max rel err = max |onnx - torch| / max |torch|; greedy tokens must be identical")
     if failed:
         _fail(f"{len(failed)} of {len(rows)} parity checks failed")
     click.echo(f"all {len(rows)} parity checks passed")
+
+
+def parity_table(rows) -> list[str]:
+    """Rows grouped by case (name and t,h,w on their own line), one output per line: 74 columns."""
+    lines = [f"{'case / output':<24}{'max abs err':>12}{'max rel err':>12}{'tol':>8}{'cosine':>9}  result"]
+    case = None
+    for row in rows:
+        if (row.name, row.grid) != case:
+            case = (row.name, row.grid)
+            thw = ";".join(",".join(map(str, g)) for g in row.grid)
+            lines.append(f"{row.name} ({thw})" if thw else row.name)
+        max_abs = "-" if row.max_abs != row.max_abs else f"{row.max_abs:.2e}"  # NaN: not measured
+        cosine = "-" if row.cosine != row.cosine else f"{row.cosine:.5f}"
+        if row.exact:
+            error, tol = ("same" if row.max_rel == 0 else "differ"), "exact"
+        else:
+            error, tol = f"{row.max_rel:.2e}", f"{row.tolerance:.0e}"
+        lines.append(f"  {row.output:<22}{max_abs:>12}{error:>12}{tol:>8}{cosine:>9}  {'pass' if row.passed else 'FAIL'}")
+    return lines
 
 
 @main.command()
@@ -267,7 +285,7 @@ def analyze(model_dir: Path, component: str, rewritten: bool, fmt: str, exporter
 def golden(out_dir: Path, kinds: tuple[str, ...], force: bool) -> None:
     """Write the tiny model's PyTorch goldens (the repository's copy lives in golden/data).
 
-    Rebuilds the tiny checkpoint from its seed, exports it, and records transformers' outputs with the
+    Writes the trained tiny checkpoint, exports it, and records transformers' outputs with the
     inputs, versions and tolerances of every case.
     """
     from qvl_compile.golden.generate import ALL_KINDS, generate_goldens
@@ -286,33 +304,252 @@ def golden(out_dir: Path, kinds: tuple[str, ...], force: bool) -> None:
 @click.option("--prompt", required=True, help="The user's message.")
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help="An image file (repeatable).")
 @click.option("--video", type=click.Path(path_type=Path), help="A video file (decoded with PyAV).")
-@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Stop after this many generated tokens.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of the checkpoint's sampling defaults.")
+@click.option("--system", help="A system prompt before the user's message.")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (0: greedy).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass.")
+@click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k most likely tokens (0: off).")
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
+              help="Divide the logits of tokens already seen (transformers' rule).")
+@click.option("--stop", "stops", multiple=True, help="End the reply before this text (repeatable, up to 4).")
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
 @click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"text": ..., "token_ids": [...]} instead of streaming.')
+@click.option("--boxes", is_flag=True, help="Also print the reply's grounding boxes in the first image's pixels (JSON).")
+@click.option("--draw-boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the first image with the reply's boxes and labels drawn (PNG).")
 @click.option("--verify-hashes", is_flag=True,
               help="Check every file's sha256 against the manifest before loading (sizes are always checked).")
 @handle_errors
 def generate(export_dir: Path, prompt: str, images: tuple[Path, ...], video: Path | None, max_new_tokens: int,
-             greedy: bool, seed: int | None, threads: int, as_json: bool, verify_hashes: bool) -> None:
-    """Generate text from an export folder with onnxruntime only (no torch)."""
+             greedy: bool, system: str | None, temperature: float | None, top_p: float | None, top_k: int | None,
+             repetition_penalty: float | None, stops: tuple[str, ...], seed: int | None, threads: int, as_json: bool,
+             boxes: bool, draw_boxes: Path | None, verify_hashes: bool) -> None:
+    """Generate text from an export folder with onnxruntime only (no torch).
+
+    The reply goes to stdout; its token count and timing to stderr.
+    """
     import json
 
+    from qvl_compile.runtime.conversation import single_turn
     from qvl_compile.runtime.pipeline import Pipeline
 
+    if (boxes or draw_boxes) and not images:
+        raise QvlError("--boxes/--draw-boxes: expected an --image (boxes are relative to the first image), got none")
+    if draw_boxes and draw_boxes.suffix.lower() != ".png":
+        raise QvlError(f"--draw-boxes: expected a .png file name, got {str(draw_boxes)!r}")
     pipe = Pipeline(export_dir, intra_op_threads=threads, verify_hashes=verify_hashes)
-    ids, shown = [], ""
-    for token, text in pipe.stream(prompt, images=list(images), video=video, max_new_tokens=max_new_tokens,
-                                   greedy=greedy, seed=seed):
+    sampling = pipe.sampling.overridden(temperature, top_p, top_k, repetition_penalty)
+    started = time.perf_counter()
+    prepared = pipe.prepare_messages(single_turn(prompt, list(images), video, system))
+    ids, shown, text, first = [], "", "", None
+    tokens = pipe.stream_prepared(prepared, max_new_tokens, sampling.greedy() if greedy else sampling, seed,
+                                  list(stops) or None)  # checks its arguments before the label is shown
+    if not as_json:
+        click.echo("answer: ", nl=False, err=True)  # a label on stderr: stdout stays the reply alone
+    for token, text in tokens:
+        first = first or time.perf_counter()
         ids.append(token)
         if not as_json and text.startswith(shown):
             click.echo(text[len(shown):], nl=False)
             shown = text
+    finished = time.perf_counter()
+    found = _reply_boxes(text, images[0]) if (boxes or draw_boxes) else None
     if as_json:
-        click.echo(json.dumps({"text": text if ids else "", "token_ids": ids}))
+        result = {"text": text, "token_ids": ids}
+        if boxes:
+            result["boxes"] = None if found is None else [b.as_dict() for b in found]
+        click.echo(json.dumps(result))
     else:
         click.echo(text[len(shown):] if text.startswith(shown) else "")
+        if boxes and found is not None:
+            click.echo(json.dumps([b.as_dict() for b in found]))
+    if draw_boxes and found is not None:
+        from qvl_compile.runtime.grounding import draw_boxes as draw
+        from qvl_compile.runtime.preprocess import load_image
+
+        draw(load_image(images[0]), found).save(draw_boxes)
+        click.echo(f"wrote {draw_boxes}", err=True)
+    _report_timing(len(prepared.input_ids), len(ids), started, first, finished)
+
+
+def _report_timing(prompt_tokens: int, generated: int, started: float, first: float | None, end: float) -> None:
+    rate = (generated - 1) / (end - first) if first and generated > 1 and end > first else float("nan")
+    click.echo(f"[{generated} tokens from a {prompt_tokens}-token prompt; first token after "
+               f"{(first or end) - started:.2f} s, then {rate:.1f} tokens/s]", err=True)
+
+
+def _reply_boxes(reply: str, image: Path):
+    """The reply's boxes in `image`'s pixels, or None with a note on stderr (the text is printed as it is)."""
+    from qvl_compile.runtime.grounding import boxes_in_pixels
+    from qvl_compile.runtime.preprocess import load_image
+
+    found = boxes_in_pixels(reply, load_image(image).size)
+    if found is None:
+        click.echo("note: the reply is not a grounding box list ([{\"bbox_2d\": [x1, y1, x2, y2], ...}]); "
+                   "no boxes", err=True)
+    return found
+
+
+@main.command("eval")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("cases_file", metavar="CASES.jsonl", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the per-task table as JSON.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one line per case: {id, task, reply, correct}.")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Stop each reply after this many generated tokens.")
+@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
+@handle_errors
+def eval_command(export_dir: Path, cases_file: Path, as_json: bool, output: Path | None, max_new_tokens: int,
+                 threads: int) -> None:
+    """Accuracy per task of greedy replies on labelled cases (a JSONL file; see docs/task-suite.md).
+
+    Grounding answers are correct at IoU >= 0.5 with the true box; others by exact match after stripping
+    whitespace.
+    """
+    import json
+
+    from qvl_compile.runtime.evaluate import accuracy_table, pipeline_answerer, read_cases, run_cases
+    from qvl_compile.runtime.pipeline import Pipeline
+
+    cases = read_cases(cases_file)
+    pipe = Pipeline(export_dir, intra_op_threads=threads)
+    predictions = []
+    with click.progressbar(run_cases(cases, pipeline_answerer(pipe, max_new_tokens)), length=len(cases),
+                           label="evaluating", file=sys.stderr, show_pos=True) as bar:
+        predictions = list(bar)
+    if output:
+        from qvl_compile.jsonfile import write_text_atomic
+
+        write_text_atomic(output, "".join(json.dumps(p.as_dict()) + "\n" for p in predictions))
+    table = accuracy_table(predictions)
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    click.echo(f"{'task':<12} {'correct':>7} {'total':>6} {'accuracy':>9}")
+    for task, row in [*table["tasks"].items(), ("all", table["overall"])]:
+        click.echo(f"{task:<12} {row['correct']:>7} {row['total']:>6} {100 * row['accuracy']:>8.1f}%")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", required=True, type=int, help="Seed of the case generator (the trainer uses 0).")
+@click.option("--per-task", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--task", "tasks", multiple=True, help="Only these tasks (repeatable; default: all six).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@handle_errors
+def cases(out_dir: Path, seed: int, per_task: int, tasks: tuple[str, ...], force: bool) -> None:
+    """Write shapes-suite cases (PNGs and cases.jsonl) for `qvl-compile eval`."""
+    from qvl_compile.export.atomic import atomic_output_dir
+    from qvl_compile.tasks.shapes import TASKS, write_cases
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise QvlError(f"--task: expected one of {', '.join(TASKS)}, got {unknown[0]!r}")
+    with atomic_output_dir(out_dir, force=force, marker="cases.jsonl") as tmp:
+        write_cases(tmp, seed=seed, per_task=per_task, tasks=tasks or TASKS)
+    click.echo(f"wrote {per_task * len(tasks or TASKS)} cases to {out_dir / 'cases.jsonl'}")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but loopback exposes the API (use --api-key).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Requests decoded together (KV slots).")
+@click.option("--context", default=4096, show_default=True, type=click.IntRange(min=2),
+              help="Tokens per request (prompt + reply): the KV rows of each slot, capped by the export's context.")
+@click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Requests queued for a slot; beyond it the server answers 429 with Retry-After.")
+@click.option("--api-key", envvar="QVL_API_KEY", help="Require Authorization: Bearer KEY (or set QVL_API_KEY).")
+@click.option("--model-name", help="The model id /v1/models lists and requests name (default: the folder's name).")
+@click.option("--media-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Allow image/video URLs that are local files under this folder (default: data: URLs only).")
+@click.option("--max-body-mb", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Largest request body (413 beyond).")
+@click.option("--max-image-pixels", default=4096 * 4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-video-frames", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Most frames decoded from one video.")
+@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
+@handle_errors
+def serve(export_dir: Path, host: str, port: int, max_batch: int, context: int, max_waiting: int, api_key: str | None,
+          model_name: str | None, media_dir: Path | None, max_body_mb: int, max_image_pixels: int,
+          max_video_frames: int, threads: int) -> None:
+    """Serve EXPORT_DIR over an OpenAI-compatible API (/v1/chat/completions), with continuous batching.
+
+    Needs the serve extra: pip install 'qvl-compile[serve]'.
+    """
+    from qvl_compile.serve.media import MediaLimits
+    from qvl_compile.serve.server import ServerSettings
+    from qvl_compile.serve.server import serve as run_server
+
+    limits = MediaLimits(max_image_pixels=max_image_pixels, max_video_frames=max_video_frames, media_dir=media_dir)
+    settings = ServerSettings(export_dir, host, port, max_batch, context, max_waiting, threads, api_key, model_name,
+                              max_body_mb * 2**20, limits)
+    run_server(settings, announce=lambda line: click.echo(line, err=True))
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--system", help="A system prompt for the whole conversation.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Most tokens per reply.")
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of the checkpoint's sampling defaults.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
+@handle_errors
+def chat(export_dir: Path, system: str | None, max_new_tokens: int, greedy: bool, seed: int | None,
+         threads: int) -> None:
+    """Talk to EXPORT_DIR turn by turn; replies stream as they are generated.
+
+    Lines starting with / are commands: /image PATH and /video PATH attach media to your next message,
+    /reset starts over, /quit (or end of input) leaves. Images seen before are not encoded again.
+    """
+    from qvl_compile.runtime.chat import ChatSession
+
+    session = ChatSession(export_dir, system=system, max_new_tokens=max_new_tokens, greedy=greedy, seed=seed,
+                          threads=threads)
+    interactive = sys.stdin.isatty()
+    click.echo("chat: /image PATH, /video PATH, /reset, /quit", err=True)
+    try:
+        while True:
+            if interactive:
+                click.echo("you> ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if line.startswith("/"):
+                    if session.command(line) == "quit":
+                        break
+                    continue
+                click.echo("assistant> ", nl=False, err=True)
+                for piece in session.reply(line):
+                    click.echo(piece, nl=False)
+                click.echo("")
+            except QvlError as exc:
+                click.echo(f"error: {exc}", err=True)
+    finally:
+        session.close()
+
+
+def _enable_debug(ctx: click.Context, param, value: bool) -> None:
+    """--debug after the subcommand does what it does before it."""
+    if value:
+        ctx.find_root().params["debug"] = True
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+for _command in main.commands.values():
+    _command.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, callback=_enable_debug,
+                                        help="Show tracebacks and debug logs (also accepted before the command)."))
 
 
 if __name__ == "__main__":

@@ -20,3 +20,21 @@ def read_folder_json(folder: str | Path, name: str, what: str) -> tuple[Path, di
         return path, json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise QvlError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it: readers see the old file or the whole new one."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise QvlError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

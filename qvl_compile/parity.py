@@ -11,18 +11,25 @@ from dataclasses import dataclass
 import numpy as np
 
 # fp32 graph vs fp32 eager: the only differences are summation order (MatMul vs Conv3d patch
-# embedding, fused attention kernels). 1e-4 of the output's scale leaves two orders of margin.
+# embedding, fused attention kernels). 1e-4 of the output's scale leaves two orders of margin on random
+# weights, and the decoders (logits) keep it on trained ones (measured 7.8e-7 on the trained tiny model).
 FP32_TOLERANCE = 1e-4
+# The vision tower on trained weights amplifies fp32 rounding: on the trained tiny model at random pixels, eager
+# fp32 is up to 3.5e-4 of scale from float64, and the graph up to 1.2e-4 from float64 (grid 1x64x38). 1e-3
+# keeps a margin over both; a real defect (a wrong index, a missing term) is off by 1e-2 or more.
+VISION_FP32_TOLERANCE = 1e-3
 # INT4 graph vs eager PyTorch holding that graph's dequantized weights (fake quant), fp32 activations:
 # the kernels' blockwise dequantization order on top of summation order.
 INT4_TOLERANCE = 1e-3
 # MatMulNBits accuracy_level 2-4 quantize activations inside the kernel (4: int8): measured 1.2e-2
 # (prefill) and 2.1e-2 (decode) relative on the tiny model against its fake-quant reference.
 ACTIVATION_QUANT_TOLERANCE = 5e-2
-# int8 vision weights vs fp32: measured cosine 0.9994 on the 2B tower (random weights), max rel 3.8e-2.
-# The cosine is the criterion that matters; the max rel bound only catches gross failures.
+# int8 vision weights vs fp32: measured cosine 0.9994 on the 2B tower (random weights), max rel 3.8e-2; on the
+# trained tiny model at random pixels (far from what it was trained on), 56x52: cosine 0.99935, max rel 0.30 in
+# one outlier token, with no accuracy cost on the task suite (README). The cosine is the criterion that
+# matters; the max rel bound only catches gross failures.
 INT8_MIN_COSINE = 0.999
-INT8_TOLERANCE = 0.1
+INT8_TOLERANCE = 0.5
 
 
 def quantizes_activations(accuracy_level: int) -> bool:
@@ -43,7 +50,7 @@ class Criteria:
     min_cosine: float | None = None
 
 
-FP32 = Criteria(FP32_TOLERANCE)
+FP32 = Criteria(VISION_FP32_TOLERANCE)  # vision graphs in fp32
 INT8_VISION = Criteria(INT8_TOLERANCE, INT8_MIN_COSINE)
 
 
@@ -82,6 +89,7 @@ class ParityRow:
     tolerance: float
     cosine: float = float("nan")  # cosine similarity with the reference (checked when min_cosine is set)
     min_cosine: float | None = None
+    exact: bool = False  # identical values required (greedy tokens): max_rel is 0 or inf, tolerance unused
 
     @property
     def passed(self) -> bool:

@@ -88,7 +88,9 @@ class Family:
         raise NotImplementedError
 
     # --- fixtures ---
-    def write_tiny(self, out_dir: Path, seed: int = 0, force: bool = False) -> Path:
+    def write_tiny(self, out_dir: Path, seed: int = 0, force: bool = False, trained: bool = True) -> Path:
+        """The family's embedded default (`trained`: a checkpoint trained on the shapes suite, where the family
+        ships one; otherwise seeded random weights)."""
         raise NotImplementedError
 
     def write_random(self, arch: str, out_dir: Path, seed: int = 0, vision_only: bool = False,

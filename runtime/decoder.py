@@ -87,24 +87,17 @@ class TextDecoder:
         visual_embeds [V, hidden] and deepstack_embeds [D, V, hidden] fill the V image/video
         placeholders of input_ids in order; logit_positions [K] defaults to the last position.
         """
-        f = self.facts
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, seq = input_ids.shape
         position_ids = np.asarray(position_ids, dtype=np.int64)
         if position_ids.shape != (3, batch, seq):
             raise QvlError(f"position_ids: expected shape [3, {batch}, {seq}], got {list(position_ids.shape)}")
-        if visual_embeds is None:
-            visual_embeds = np.zeros((0, f.hidden_size), np.float32)
-        if deepstack_embeds is None:
-            deepstack_embeds = np.zeros((f.num_deepstack, visual_embeds.shape[0], f.hidden_size), np.float32)
         if logit_positions is None:
             logit_positions = np.array([seq - 1], np.int64)
-        self._check_media_rows(input_ids, visual_embeds, deepstack_embeds)
         feeds = {
             "input_ids": input_ids,
             "position_ids": position_ids,
-            "visual_embeds": np.ascontiguousarray(visual_embeds, np.float32),
-            "deepstack_embeds": np.ascontiguousarray(deepstack_embeds, np.float32),
+            **self._media_feeds(input_ids, visual_embeds, deepstack_embeds),
             "logit_positions": np.asarray(logit_positions, np.int64),
         }
         if self.supports_in_place:
@@ -115,6 +108,19 @@ class TextDecoder:
             feeds[key_name], feeds[value_name] = key, value
         logits, *presents = self.session.run(["logits", *self._present], feeds)
         return logits, KVCache(presents[0::2], presents[1::2])
+
+    def _media_feeds(self, input_ids: np.ndarray, visual: np.ndarray | None,
+                     deepstack: np.ndarray | None) -> dict[str, np.ndarray]:
+        """visual_embeds and deepstack_embeds feeds (empty when the prompt has no media), checked against the
+        placeholders of input_ids."""
+        f = self.facts
+        if visual is None:
+            visual = np.zeros((0, f.hidden_size), np.float32)
+        if deepstack is None:
+            deepstack = np.zeros((f.num_deepstack, visual.shape[0], f.hidden_size), np.float32)
+        self._check_media_rows(input_ids, visual, deepstack)
+        return {"visual_embeds": np.ascontiguousarray(visual, np.float32),
+                "deepstack_embeds": np.ascontiguousarray(deepstack, np.float32)}
 
     def _check_media_rows(self, input_ids: np.ndarray, visual: np.ndarray, deepstack: np.ndarray) -> None:
         """One visual row per placeholder token; the graph itself would fail inside a GatherND."""
@@ -135,15 +141,42 @@ class TextDecoder:
         if cache.length + seq > cache.capacity:
             raise QvlError(f"the KV cache holds {cache.capacity} rows; {cache.length} used + {seq} new do not fit "
                            "(allocate it with a larger capacity)")
+        logits = self._run_bound(feeds, cache.bound)
+        cache.filled += seq
+        return logits
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], buffers) -> np.ndarray:
         binding = self.session.io_binding()
         binding.bind_output("logits")  # first bound, first in get_outputs()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        for layer, ((key_name, value_name), (key, value)) in enumerate(zip(self._past, cache.bound)):
+        for layer, ((key_name, value_name), (key, value)) in enumerate(zip(self._past, buffers)):
             binding.bind_ortvalue_input(key_name, key)
             binding.bind_ortvalue_input(value_name, value)
             binding.bind_ortvalue_output(self._present[2 * layer], key)  # the same buffer: written in place
             binding.bind_ortvalue_output(self._present[2 * layer + 1], value)
         self.session.run_with_iobinding(binding)
-        cache.filled += seq
         return binding.get_outputs()[0].numpy()
+
+    def forward_rows(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
+                     keys: list[np.ndarray], values: list[np.ndarray], visual_embeds: np.ndarray | None = None,
+                     deepstack_embeds: np.ndarray | None = None) -> np.ndarray:
+        """Run on caller-owned cache buffers whose rows may differ in length (continuous batching).
+
+        input_ids [B, S], position_ids [3, B, S]; attention_mask [B, T]: row b holds L_b + S ones (L_b valid
+        cached rows) then zeros; keys/values per layer [B, kv_heads, capacity, head_dim], C-contiguous
+        (a leading slice of a larger pool is), written in place at rows L_b..L_b+S-1. -> logits [B, 1, vocab].
+        """
+        if not self.supports_in_place:
+            raise QvlError("this decoder.onnx has no attention_mask input (exported before in-place KV caching); "
+                           "re-export it with qvl-compile export to batch requests")
+        seq = input_ids.shape[1]
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, np.int64),
+            "position_ids": np.ascontiguousarray(position_ids, np.int64),
+            **self._media_feeds(input_ids, visual_embeds, deepstack_embeds),
+            "logit_positions": np.array([seq - 1], np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, np.int64),
+        }
+        buffers = [(ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v)) for k, v in zip(keys, values)]
+        return self._run_bound(feeds, buffers)

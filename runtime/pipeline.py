@@ -22,10 +22,12 @@ from tokenizers import Tokenizer
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import check_files, read_manifest
 from qvl_compile.registry import family_named
+from qvl_compile.runtime.conversation import single_turn, split_media
 from qvl_compile.runtime.decoder import TextDecoder
 from qvl_compile.runtime.preprocess import ImageProcessorConfig, load_image, preprocess_image, to_rgb
-from qvl_compile.runtime.prompt import RESERVED_TOKENS, load_chat_template, user_message
+from qvl_compile.runtime.prompt import RESERVED_TOKENS, load_chat_template
 from qvl_compile.runtime.sampling import SamplingConfig, next_token
+from qvl_compile.runtime.stopping import check_stop_strings, visible_text
 from qvl_compile.runtime.video import Video, VideoProcessorConfig, preprocess_video, read_video
 from qvl_compile.runtime.vision import VisionEncoder
 
@@ -37,6 +39,7 @@ class PreparedPrompt:
     rope_delta: int
     pixel_values: np.ndarray | None  # [num_patches, patch_dim], media in prompt order
     grid_thw: np.ndarray | None  # [num_media, 3]
+    media_rows: tuple[np.ndarray, ...] = ()  # per medium, its rows of pixel_values (for per-medium caching)
 
 
 @dataclass(frozen=True)
@@ -65,51 +68,72 @@ class Pipeline:
         self.image_config = ImageProcessorConfig.from_dir(self.export_dir)
         self.sampling = SamplingConfig.from_dir(self.export_dir)
         self.max_context = manifest.max_context
+        reserved = [self.tokenizer.token_to_id(token) for token in RESERVED_TOKENS]
+        self.never_generated = np.asarray([i for i in reserved if i is not None], np.int64)  # media placeholders
 
-    def prepare(self, prompt: str, images=(), video=None) -> PreparedPrompt:
+    def prepare(self, prompt: str, images=(), video=None, system: str | None = None) -> PreparedPrompt:
+        """One user turn (images, then the video, then the text), after an optional system prompt."""
+        return self.prepare_messages(single_turn(prompt, images, video, system))
+
+    def prepare_messages(self, messages: list[dict]) -> PreparedPrompt:
         """Render the chat template, expand placeholders, preprocess media, compute M-RoPE positions."""
-        if not isinstance(prompt, str):
-            raise QvlError(f"prompt: expected text, got {type(prompt).__name__}")
-        if not prompt.strip() and not images and video is None:
-            raise QvlError("empty prompt and no image or video: nothing to answer")
-        reserved = [token for token in RESERVED_TOKENS if token in prompt]
-        if reserved:
-            raise QvlError(f"the prompt contains the reserved token {reserved[0]}; pass media with --image/--video "
-                           "(images= / video=), their placeholders are inserted for you")
-        if isinstance(images, (str, Path, Image.Image)):
-            images = [images]
+        rendered, media = split_media(messages)
         rows, grids, image_grids, video_grids, stamps = [], [], [], [], []
-        for image in images:
-            pixels, grid = preprocess_image(to_rgb(image) if isinstance(image, Image.Image) else load_image(image),
-                                            self.image_config)
-            rows.append(pixels), grids.append(grid), image_grids.append(grid)
-        if video is not None:
-            video_config = VideoProcessorConfig.from_dir(self.export_dir)
-            clip = video if isinstance(video, Video) else read_video(video, video_config)
-            pixels, grid, times = preprocess_video(clip, video_config)
-            rows.append(pixels), grids.append(grid), video_grids.append(grid), stamps.append(times)
-        messages = user_message(prompt, len(image_grids), len(video_grids))
-        text = self.template.render(messages=messages, add_generation_prompt=True)
+        for item in media:
+            if item.kind == "image":
+                image = item.source
+                pixels, grid = preprocess_image(to_rgb(image) if isinstance(image, Image.Image) else load_image(image),
+                                                self.image_config)
+                image_grids.append(grid)
+            else:
+                video_config = VideoProcessorConfig.from_dir(self.export_dir)
+                clip = item.source if isinstance(item.source, Video) else read_video(item.source, video_config)
+                pixels, grid, times = preprocess_video(clip, video_config)
+                video_grids.append(grid), stamps.append(times)
+            rows.append(pixels), grids.append(grid)
+        text = self.template.render(messages=rendered, add_generation_prompt=True)
         text = self.family.expand_prompt(text, image_grids, video_grids, stamps, self.merge_size)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         positions, delta = self.family.position_ids(ids, self.image_token_id, self.video_token_id, image_grids,
                                                     video_grids, self.merge_size)
         return PreparedPrompt(ids, positions, delta, np.concatenate(rows) if rows else None,
-                              np.asarray(grids, np.int64) if grids else None)
+                              np.asarray(grids, np.int64) if grids else None, tuple(rows))
 
-    def stream(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
-               seed: int | None = None, sampling: SamplingConfig | None = None) -> Iterator[tuple[int, str]]:
-        """Yield (token id, decoded text so far) for each generated token; stops at EOS or max_new_tokens."""
-        cfg = sampling or self.sampling
-        cfg = cfg.greedy() if greedy else cfg
-        cfg.validate()
+    def check_context(self, prepared: PreparedPrompt, max_new_tokens: int) -> None:
         if max_new_tokens < 1:
             raise QvlError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        prepared = self.prepare(prompt, images, video)
         seq = len(prepared.input_ids)
         if self.max_context and seq + max_new_tokens > self.max_context:
             raise QvlError(f"prompt of {seq} tokens + {max_new_tokens} new tokens exceeds the context of "
                            f"{self.max_context} tokens")
+
+    def stream(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
+               seed: int | None = None, sampling: SamplingConfig | None = None, system: str | None = None,
+               stop=None) -> Iterator[tuple[int, str]]:
+        """Yield (token id, reply text so far) for each generated token; stops at EOS, a stop string or
+        max_new_tokens. Text that may still become a stop string is held back until it is decided."""
+        return self.stream_messages(single_turn(prompt, images, video, system), max_new_tokens, greedy, seed, sampling,
+                                    stop)
+
+    def stream_messages(self, messages: list[dict], max_new_tokens: int = 128, greedy: bool = False,
+                        seed: int | None = None, sampling: SamplingConfig | None = None,
+                        stop=None) -> Iterator[tuple[int, str]]:
+        """`stream` for a whole conversation (see runtime/conversation.py)."""
+        cfg = sampling or self.sampling
+        return self.stream_prepared(self.prepare_messages(messages), max_new_tokens, cfg.greedy() if greedy else cfg,
+                                    seed, stop)
+
+    def stream_prepared(self, prepared: PreparedPrompt, max_new_tokens: int, sampling: SamplingConfig,
+                        seed: int | None = None, stop=None) -> Iterator[tuple[int, str]]:
+        """`stream` for a prompt already prepared (its length is known before the first token)."""
+        sampling.validate()
+        stop = check_stop_strings(stop)
+        self.check_context(prepared, max_new_tokens)
+        return self._decode(prepared, max_new_tokens, sampling, seed, stop)
+
+    def _decode(self, prepared: PreparedPrompt, max_new_tokens: int, cfg: SamplingConfig, seed: int | None,
+                stop: tuple[str, ...]) -> Iterator[tuple[int, str]]:
+        seq = len(prepared.input_ids)
         visual = deepstack = None
         if prepared.pixel_values is not None:
             out = self.vision(prepared.pixel_values, prepared.grid_thw)
@@ -123,19 +147,23 @@ class Pipeline:
         generated: list[int] = []
         next_position = seq + prepared.rope_delta
         for step in range(max_new_tokens):
-            token = next_token(logits[0, -1], history, cfg, rng)
+            token = next_token(logits[0, -1], history, cfg, rng, self.never_generated)
             generated.append(token)
             history.append(token)
-            yield token, self.tokenizer.decode(generated, skip_special_tokens=True)
-            if token in cfg.eos_token_ids or step == max_new_tokens - 1:
+            decoded = self.tokenizer.decode(generated, skip_special_tokens=True)
+            last = token in cfg.eos_token_ids or step == max_new_tokens - 1
+            state = visible_text(decoded, stop, ended=last)
+            yield token, state.text
+            if last or state.finished:
                 break
             position = np.full((3, 1, 1), next_position + step, np.int64)
             logits, cache = self.decoder.forward(np.array([[token]]), position, cache)
 
     def generate(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
-                 seed: int | None = None, sampling: SamplingConfig | None = None) -> GenerationResult:
+                 seed: int | None = None, sampling: SamplingConfig | None = None, system: str | None = None,
+                 stop=None) -> GenerationResult:
         ids, shown = [], ""
-        for token, so_far in self.stream(prompt, images, video, max_new_tokens, greedy, seed, sampling):
+        for token, so_far in self.stream(prompt, images, video, max_new_tokens, greedy, seed, sampling, system, stop):
             ids.append(token)
             shown = so_far
         return GenerationResult(shown, ids)

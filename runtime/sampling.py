@@ -41,6 +41,21 @@ class SamplingConfig:
     def greedy(self) -> "SamplingConfig":
         return replace(self, do_sample=False)
 
+    def overridden(self, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                   repetition_penalty: float | None = None) -> "SamplingConfig":
+        """A caller's choices over these defaults: temperature 0 means greedy, above 0 sampling at it;
+        top_k 0 or below means off. None keeps the default."""
+        cfg = self
+        if temperature is not None:
+            cfg = cfg.greedy() if temperature == 0 else replace(cfg, do_sample=True, temperature=float(temperature))
+        if top_p is not None:
+            cfg = replace(cfg, top_p=float(top_p))
+        if top_k is not None:
+            cfg = replace(cfg, top_k=max(0, int(top_k)))
+        if repetition_penalty is not None:
+            cfg = replace(cfg, repetition_penalty=float(repetition_penalty))
+        return cfg
+
     def validate(self) -> None:
         if self.temperature <= 0:
             raise QvlError(f"temperature must be > 0, got {self.temperature}")
@@ -79,9 +94,13 @@ def filtered_logits(logits: np.ndarray, history, cfg: SamplingConfig) -> np.ndar
     return logits
 
 
-def next_token(logits: np.ndarray, history, cfg: SamplingConfig, rng: np.random.Generator) -> int:
-    """logits [vocab] float -> the chosen token id."""
+def next_token(logits: np.ndarray, history, cfg: SamplingConfig, rng: np.random.Generator,
+               never: np.ndarray | None = None) -> int:
+    """logits [vocab] float -> the chosen token id; ids in `never` are not chosen (the media placeholders:
+    one generated would stand for media rows that do not exist)."""
     logits = filtered_logits(logits, history, cfg)
+    if never is not None and len(never):
+        logits[never] = -np.inf
     if not cfg.do_sample:
         return int(np.argmax(logits))
     probs = np.exp(logits - logits.max())

@@ -60,7 +60,14 @@ def sample_indices(total: int, video_fps: float, cfg: VideoProcessorConfig) -> l
     return np.linspace(0, total - 1, count).round().astype(int).tolist()
 
 
-def read_video(path: str | Path, cfg: VideoProcessorConfig) -> Video:
+# Demuxers that PyAV uses for still images: such a file opens as a one-frame "video" at 25 fps.
+STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "jpegls_pipe",
+                       "j2k_pipe", "qoi_pipe", "pam_pipe", "ppm_pipe", "pgm_pipe", "pbm_pipe", "dds_pipe")
+
+
+def read_video(path: str | Path, cfg: VideoProcessorConfig, max_frames: int | None = None,
+               max_pixels: int | None = None) -> Video:
+    """Decode a video file; max_frames and max_pixels (per frame) bound the work (limits for untrusted input)."""
     import av
 
     path = Path(path)
@@ -68,11 +75,21 @@ def read_video(path: str | Path, cfg: VideoProcessorConfig) -> Video:
         raise QvlError(f"video {str(path)!r} does not exist or is empty")
     try:
         with av.open(str(path)) as container:
+            if container.format.name in STILL_IMAGE_FORMATS:
+                raise QvlError(f"{path}: expected a video, got a still image ({container.format.name}); "
+                               "pass it as an image (--image)")
             if not container.streams.video:
                 raise QvlError(f"{path}: holds no video stream")
             stream = container.streams.video[0]
             video_fps = float(stream.average_rate or stream.guessed_rate or 24)
-            frames = [frame.to_image() for frame in container.decode(stream)]
+            frames = []
+            for frame in container.decode(stream):
+                if max_frames is not None and len(frames) >= max_frames:
+                    raise QvlError(f"{path}: the video has more than {max_frames} frames, the limit")
+                if max_pixels is not None and frame.width * frame.height > max_pixels:
+                    raise QvlError(f"{path}: the video's frames have {frame.width}x{frame.height} pixels, more than "
+                                   f"the limit of {max_pixels}")
+                frames.append(frame.to_image())
     except QvlError:
         raise
     except Exception as exc:  # noqa: BLE001 - PyAV raises many error types for undecodable input

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tiny_facts import RAW_CONFIG
+
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "runtime" / "samples" / "red-house.png"
 LONG_PROMPT = "hello world " * 700  # about 4,200 tokens of the tiny tokenizer: over its 4,096 context
 
@@ -114,6 +116,12 @@ def text_file(ctx: Context, name: str, content: str) -> Path:
     return path
 
 
+def still_image(ctx: Context) -> Path:
+    path = ctx.tmp / "still.png"
+    shutil.copyfile(SAMPLE_IMAGE, path)
+    return path
+
+
 def png_declaring(ctx: Context, width: int, height: int) -> Path:
     """A PNG header claiming width x height pixels (no real pixel data): Pillow's size guard must refuse it."""
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -159,11 +167,11 @@ def audio_only(ctx: Context) -> Path:
 # -- the API side of runtime cases -----------------------------------------------------------------------
 
 def pipeline_generate(export: Path, prompt: str = "Describe.", images=(), video=None, max_new_tokens: int = 2,
-                      verify_hashes: bool = False):
+                      stop=None, verify_hashes: bool = False):
     from qvl_compile.runtime.pipeline import Pipeline
 
     return Pipeline(export, verify_hashes=verify_hashes).generate(prompt, images=list(images), video=video,
-                                                                   max_new_tokens=max_new_tokens, greedy=True)
+                                                                   max_new_tokens=max_new_tokens, greedy=True, stop=stop)
 
 
 def export_api(model: Path, out: Path, **options):
@@ -247,6 +255,12 @@ RUNTIME_CASES = [
     BadInput("video-audio-only", "runtime", "an audio-only file as --video",
              lambda c: gen(c.export, "--video", audio_only(c)), "holds no video stream",
              lambda c: pipeline_generate(c.export, video=audio_only(c))),
+    BadInput("video-still-image", "runtime", "a PNG as --video (PyAV would open it as one frame at 25 fps)",
+             lambda c: gen(c.export, "--video", still_image(c)), "expected a video, got a still image",
+             lambda c: pipeline_generate(c.export, video=still_image(c))),
+    BadInput("stop-empty", "runtime", "--stop ''",
+             lambda c: gen(c.export, "--stop", ""), "stop: expected non-empty strings",
+             lambda c: pipeline_generate(c.export, stop=[""])),
     BadInput("prompt-too-long", "runtime", "a prompt of about 4,200 tokens (context 4,096)",
              lambda c: gen(c.export, "--prompt", LONG_PROMPT), "exceeds the context of 4096 tokens",
              lambda c: pipeline_generate(c.export, LONG_PROMPT)),
@@ -265,7 +279,9 @@ RUNTIME_CASES = [
              lambda c: pipeline_generate(c.export, "look <|image_pad|>")),
 ]
 
-WRONG_TENSOR = "model.language_model.layers.0.mlp.up_proj.weight"  # [128, 64] in the tiny model
+WRONG_TENSOR = "model.language_model.layers.0.mlp.up_proj.weight"  # [intermediate, hidden] in the tiny model
+_TEXT = RAW_CONFIG["text_config"]
+UP_PROJ = [_TEXT["intermediate_size"], _TEXT["hidden_size"]]
 
 EXPORT_CASES = [
     BadInput("model-missing", "export", "MODEL_DIR that does not exist",
@@ -313,7 +329,7 @@ EXPORT_CASES = [
              api=lambda c: export_api(sharded(c, "wrong-index", misplace=WRONG_TENSOR), c.tmp / "o")),
     BadInput("model-wrong-shape", "export", f"{WRONG_TENSOR} stored transposed",
              lambda c: ["export", sharded(c, "wrong-shape", transpose=WRONG_TENSOR), c.tmp / "o"],
-             f"tensor {WRONG_TENSOR} has shape [64, 128], the config expects [128, 64]", needs=("tiny",),
+             f"tensor {WRONG_TENSOR} has shape {UP_PROJ[::-1]}, the config expects {UP_PROJ}", needs=("tiny",),
              api=lambda c: export_api(sharded(c, "wrong-shape", transpose=WRONG_TENSOR), c.tmp / "o")),
     BadInput("model-wrong-dtype", "export", f"{WRONG_TENSOR} stored as int32",
              lambda c: ["export", int32_tensor(c), c.tmp / "o"], f"tensor {WRONG_TENSOR} is I32, expected one of",
@@ -416,7 +432,9 @@ def write_table(path: Path) -> None:
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         assert cli("-q", "tiny", root / "tiny").returncode == 0
-        assert cli("-q", "tiny", root / "other", "--seed", "5").returncode == 0
+        from qvl_compile.families.qwen3_vl.fixtures import write_tiny_untrained
+
+        write_tiny_untrained(root / "other", seed=5)  # the trained architecture, other weights
         assert cli("-q", "export", root / "tiny", root / "export", "--quant", "fp32").returncode == 0
         assert cli("-q", "export", root / "other", root / "other-export", "--component", "vision").returncode == 0
         rows = ["| area | input | exit | message |", "|---|---|---|---|"]

@@ -5,6 +5,7 @@ are collected; they read the committed goldens and exports built elsewhere (QVL_
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
@@ -66,6 +67,23 @@ def hf_visual(tiny_dir):
     from qvl_compile.families.qwen3_vl.loaders import load_vision_model
 
     return load_vision_model(tiny_dir)
+
+
+# transformers 4.57's tower computes the position-table interpolation weights in float32 (torch.linspace) even
+# when the tower runs in float64; 5.x uses the model's dtype. On trained weights that rounding shows: measured
+# 2.2e-5 of scale (float64 rewrite vs float64 eager, 56x52) and 1.45e-3 (fp32 graph vs "float64" eager, 3x60x20).
+TRANSFORMERS_4 = importlib.util.find_spec("transformers") is not None and \
+    importlib.metadata.version("transformers").startswith("4.")
+FLOAT64_REFERENCE_SLACK = 10.0 if TRANSFORMERS_4 else 1.0
+
+
+@pytest.fixture(scope="session")
+def hf_visual64(hf_visual):
+    """The tower in float64, the exact answer fp32 graphs are held to: trained weights amplify fp32 rounding,
+    and eager fp32 itself drifts up to 3.5e-4 of scale from float64 on the trained tiny model at some inputs."""
+    import copy
+
+    return copy.deepcopy(hf_visual).double()
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,10 @@ def ctx(golden_exports, tmp_path, request):
 def other_vision_export(tmp_path_factory):
     pytest.importorskip("torch", reason="exporting another checkpoint needs torch")
     from qvl_compile.export.pipeline import export_model
-    from qvl_compile.families.qwen3_vl.fixtures import write_tiny
+    from qvl_compile.families.qwen3_vl.fixtures import write_tiny_untrained
 
     root = tmp_path_factory.mktemp("other")
-    model = write_tiny(root / "model", seed=5)
+    model = write_tiny_untrained(root / "model", seed=5)  # the trained architecture, other weights
     export_model(model, root / "out", component="vision")
     return root / "out"
 

@@ -1,9 +1,12 @@
 """The command line: main job on the embedded default, one-line errors, non-zero exit on parity failure."""
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, check=False):
@@ -21,8 +24,9 @@ def test_verify_passes_on_matrix_and_custom_grid(vision_export, tiny_dir):
 
 
 def test_verify_fails_against_another_checkpoint(vision_export, tmp_path):
-    other = tmp_path / "other"
-    run_cli("tiny", other, "--seed", "5", check=True)
+    from qvl_compile.families.qwen3_vl.fixtures import write_tiny_untrained
+
+    other = write_tiny_untrained(tmp_path / "other", seed=5)  # the same architecture, other weights
     result = run_cli("verify", vision_export, "--model", other)
     assert result.returncode == 1
     assert "FAIL" in result.stdout
@@ -53,6 +57,16 @@ def test_export_refuses_foreign_output_folder(tiny_dir, tmp_path):
     result = run_cli("export", tiny_dir, out, "--component", "vision")
     assert result.returncode == 1 and "pass --force" in result.stderr
     assert (out / "keep.txt").read_text() == "precious"
+    # With --force it goes, but not silently: the warning names what is replaced.
+    forced = run_cli("export", tiny_dir, out, "--component", "vision", "--force", check=True)
+    assert "not an output of ours" in forced.stderr and "keep.txt" in forced.stderr
+    assert not (out / "keep.txt").exists()
+
+
+def test_debug_works_after_the_command_too(tmp_path):
+    for args in (["--debug", "verify", tmp_path, "--model", tmp_path], ["verify", tmp_path, "--model", tmp_path, "--debug"]):
+        result = run_cli(*args)
+        assert result.returncode == 1 and "Traceback" in result.stderr and "expected manifest.json" in result.stderr
 
 
 def test_truncated_weights_are_named(tiny_dir, tmp_path):
@@ -76,11 +90,22 @@ def test_readme_main_job_exports_and_verifies_both_graphs(tiny_dir, tmp_path):
     verified = run_cli("verify", out, "--model", tiny_dir, check=True)
     assert "decoder: video, 2 images" in verified.stdout and "greedy tokens" in verified.stdout
     assert "FAIL" not in verified.stdout and "parity checks passed" in verified.stdout
+    # Front door: the table fits 80 columns; token rows demand identity, not a tolerance; each export step
+    # names its component; onnxruntime's fusion lines do not repeat ours.
+    assert max(len(line) for line in verified.stdout.splitlines()) <= 80, verified.stdout
+    token_rows = [line for line in verified.stdout.splitlines() if line.startswith("  greedy tokens")]
+    assert token_rows and all(" same " in row and " exact " in row for row in token_rows), token_rows
+    assert "vision step 1/" in exported.stderr and "decoder step 1/" in exported.stderr
+    assert "Fused FastGelu" not in exported.stderr and "fused 4 FastGelu" in exported.stderr
+    assert "verify: loading the export's graphs" in verified.stderr.splitlines()[0]  # said before the slow part
     assert "Loading weights" not in exported.stderr + verified.stderr  # library progress bars stay quiet
-    sample = Path(__file__).resolve().parents[1] / "runtime" / "samples" / "red-house.png"
-    generated = run_cli("generate", out, "--prompt", "Describe the image.", "--image", sample,
-                        "--max-new-tokens", "24", "--greedy", check=True)
-    assert generated.stdout.strip() or generated.stdout.count("\n") >= 1
+    # The README's main job: the answer it shows is the one the command prints.
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r'qvl-compile generate out --prompt "([^"]+)" --image (\S+) --greedy\n', readme)
+    shown = re.search(r"The last command prints `([^`]+)`", readme).group(1)
+    generated = run_cli("generate", out, "--prompt", command.group(1), "--image", ROOT / command.group(2), "--greedy",
+                        check=True)
+    assert generated.stdout.strip() == shown
 
 
 def test_decoder_only_export_keeps_the_earlier_vision_graph(vision_export, tiny_dir, tmp_path):

@@ -12,7 +12,7 @@ import tomllib
 pytestmark = pytest.mark.torch_free
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ("qvl_compile", "rewrite", "runtime", "export", "families", "golden")
+PACKAGE_DIRS = ("qvl_compile", "rewrite", "runtime", "export", "families", "golden", "tasks", "training", "serve")
 # Which layers each layer may import. The core package (qvl_compile/ without the CLI) sits at the bottom;
 # the registry finds families by importing their package *by name*, so no arrow points up.
 ALLOWED = {
@@ -21,13 +21,16 @@ ALLOWED = {
     "runtime": {"core", "runtime"},
     "export": {"core", "rewrite", "runtime", "export"},
     "families": {"core", "rewrite", "runtime", "export", "families"},
-    "golden": {"core", "rewrite", "runtime", "export", "families", "golden"},
-    "cli": {"core", "rewrite", "runtime", "export", "families", "golden", "cli"},
+    "tasks": {"core", "tasks"},  # the shapes suite's generator: Pillow and numpy only
+    "training": {"core", "rewrite", "runtime", "export", "families", "tasks", "training"},
+    "golden": {"core", "rewrite", "runtime", "export", "families", "tasks", "golden"},
+    "serve": {"core", "runtime", "serve"},  # the HTTP API over the runtime: torch-free like it
+    "cli": {"core", "rewrite", "runtime", "export", "families", "tasks", "golden", "serve", "cli"},
 }
 MAX_FUNCTION_LINES = 60
 # Import name -> distribution name, where they differ.
 DISTRIBUTIONS = {"PIL": "pillow", "onnx_ir": "onnx-ir", "onnxconverter_common": "onnxconverter-common",
-                 "onnxruntime_genai": "onnxruntime-genai", "yaml": "pyyaml"}
+                 "onnxruntime_genai": "onnxruntime-genai", "yaml": "pyyaml", "prometheus_client": "prometheus-client"}
 
 
 def source_files(dirs=PACKAGE_DIRS) -> list[Path]:
@@ -41,7 +44,7 @@ def layer_of_module(name: str) -> str | None:
         return None
     if len(parts) == 1:
         return "core"
-    if parts[1] in ("rewrite", "runtime", "export", "families", "golden"):
+    if parts[1] in ("rewrite", "runtime", "export", "families", "golden", "tasks", "training", "serve"):
         return parts[1]
     return "cli" if parts[1] == "cli" else "core"
 

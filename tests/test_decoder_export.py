@@ -121,7 +121,8 @@ def test_batch_of_two_text_prompts_matches_transformers(fp32_export, hf_model):
     positions = np.broadcast_to(np.arange(9), (3, 2, 9))
     logits, cache = decoder.forward(ids, positions, decoder.empty_cache(batch=2), logit_positions=np.arange(9))
     assert np.abs(logits - ref).max() <= FP32_TOLERANCE * np.abs(ref).max()
-    assert cache.length == 9 and cache.keys[0].shape == (2, 2, 9, 32)
+    text = hf_model.config.text_config
+    assert cache.length == 9 and cache.keys[0].shape == (2, text.num_key_value_heads, 9, text.head_dim)
 
 
 def test_rotary_layout_matches_transformers_interleaved_mrope(hf_model):

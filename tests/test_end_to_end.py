@@ -1,22 +1,23 @@
-"""Issue 4's end-to-end parity: the torch-free pipeline vs transformers' generate(), 24 greedy tokens.
+"""Issue 4's end-to-end parity: the torch-free pipeline vs transformers' generate(), greedy, on the trained
+embedded model exported in fp32.
 
-Text, one image, two images of different sizes, a video, and an image plus a video, on the tiny model
-exported in fp32. transformers gets its own PIL image processor's pixels; for video (its processor needs
-torchvision) it gets the same pixel values as ours, so the model path is compared end to end. A repetition
-penalty keeps the random tiny model from repeating one token (plain greedy is checked too).
+Shapes-suite questions (text only, one image, two images, a video, an image plus a video), so the replies
+are answers, not one repeated token. transformers gets its own PIL image processor's pixels; for video (its
+processor needs torchvision) it gets the same pixel values as ours, so the model path is compared end to
+end. A repetition penalty is checked too.
 """
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_random_video
 from PIL import Image
 
 from qvl_compile.families.qwen3_vl.reference import with_token_types
+from qvl_compile.golden.media import MOTION_FPS, motion_frames, suite_images, write_video
 from qvl_compile.runtime.pipeline import Pipeline
 from qvl_compile.runtime.sampling import SamplingConfig
 
-NEW_TOKENS = 24
+NEW_TOKENS = 40
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +28,12 @@ def pipeline(fp32_export):
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     folder = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(11)
     paths = {}
-    for name, (h, w) in {"wide": (280, 460), "tall": (400, 260)}.items():
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[name])
-    paths["video"] = write_random_video(folder / "clip.mp4", frames=16, height=128, width=160, fps=8, seed=12)
+    for name, (image, _) in suite_images().items():
+        paths[name] = folder / name
+        image.save(paths[name])
+    paths["video"] = folder / "motion.mkv"
+    write_video(paths["video"], motion_frames(), fps=MOTION_FPS)
     return paths
 
 
@@ -45,18 +46,21 @@ def hf(tiny_dir):
     return load_full_model(tiny_dir), load_image_processor(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
 
 
-CASES = {"text only": ([], False), "one image": (["wide"], False), "two images": (["wide", "tall"], False),
-         "video": ([], True), "image + video": (["tall"], True)}
+CASES = {"text only": ("What shape is this?", [], False),
+         "one image": ("Locate the red circle.", ["shapes-three.png"], False),
+         "two images": ("Which image shows the purple shape, the first or the second?",
+                        ["shapes-orange.png", "shapes-one.png"], False),
+         "video": ("Which way does the shape move?", [], True),
+         "image + video": ("How many shapes are there?", ["shapes-three.png"], True)}
 
 
 @pytest.mark.parametrize("penalty", [8.0, 1.0], ids=["penalty 8", "plain greedy"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_generate_matches_transformers(pipeline, media, hf, case, penalty):
     model, processor, _ = hf
-    names, with_video = CASES[case]
+    prompt, names, with_video = CASES[case]
     images = [media[n] for n in names]
     video = media["video"] if with_video else None
-    prompt = "Describe what you see in detail."
     prepared = pipeline.prepare(prompt, images=images, video=video)
     config = SamplingConfig(repetition_penalty=penalty, eos_token_ids=pipeline.sampling.eos_token_ids)
     ours = pipeline.generate(prompt, images=images, video=video, max_new_tokens=NEW_TOKENS, sampling=config)
@@ -78,4 +82,5 @@ def test_generate_matches_transformers(pipeline, media, hf, case, penalty):
         out = model.generate(**kwargs, max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=penalty)
     reference = out[0, ids.shape[1]:].tolist()
     assert ours.token_ids == reference
+    assert len(set(reference)) > 1, f"{case}: the reply is one repeated token {reference[:3]}..."
     assert len(ours.token_ids) == NEW_TOKENS or ours.token_ids[-1] in pipeline.sampling.eos_token_ids

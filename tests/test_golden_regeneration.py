@@ -1,6 +1,6 @@
 """The committed goldens are reproducible: the generator, rerun here, gives back golden/data.
 
-Also: the tiny checkpoint regenerates bit-exactly from its seed (so it is not committed), and the
+Also: `qvl-compile tiny` still writes the checkpoint the goldens were made from (the trained one), and the
 exported graphs still match their committed text summaries (golden/data/graphs/). A change to the
 exporter's output or a hand-edited golden fails here with the case and output named.
 """
@@ -17,7 +17,7 @@ INPUT_TOLERANCE = 1e-5  # max rel; float inputs come from transformers' vision t
 
 def test_tiny_checkpoint_regenerates_bit_exactly(tiny_dir):
     recorded = read_index()["tiny_checkpoint"]
-    assert recorded["seed"] == 0
+    assert recorded["model"] == "trained"
     fresh = {p.name: sha256_file(p) for p in sorted(tiny_dir.iterdir()) if p.is_file()}
     assert fresh == recorded["files"], "qvl-compile tiny no longer writes the checkpoint the goldens were made from"
 

@@ -18,13 +18,14 @@ pytestmark = pytest.mark.slow
 def test_long_video_grid_matches_eager(vision_export, hf_visual):
     """48 frames (24 temporal patches) of 32x32 patches: 24,576 patch rows in one call."""
     from qvl_compile.families.qwen3_vl.loaders import reference_vision
+    from qvl_compile.parity import VISION_FP32_TOLERANCE
 
     grid = np.array([[24, 32, 32]], np.int64)
     pixels = pixels_from_seed(int(grid.prod()), PATCH_DIM, seed=5)
     out = VisionEncoder.from_export(vision_export)(pixels, grid)
     merged, deepstack = reference_vision(hf_visual, torch.from_numpy(pixels), torch.from_numpy(grid))
     for got, ref in ((out.image_embeds, merged.numpy()), (out.deepstack_embeds, deepstack.numpy())):
-        assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
+        assert np.abs(got - ref).max() / np.abs(ref).max() <= VISION_FP32_TOLERANCE
 
 
 def test_one_minute_video_generates_as_transformers(fp32_export, tiny_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""The embedded default loads offline in transformers and regenerates bit-exactly from its seed."""
+"""The embedded default (trained) loads offline in transformers and is written bit-exactly every time; the
+seeded random one (`tiny --random`) regenerates bit-exactly from its seed."""
 import hashlib
 
 import numpy as np
@@ -15,10 +16,18 @@ def _digests(folder):
 
 
 def test_regenerates_bit_exactly(tiny_dir, tmp_path):
-    again = write_tiny(tmp_path / "again", seed=0)
+    again = write_tiny(tmp_path / "again")
     assert _digests(again) == _digests(tiny_dir)
-    other = write_tiny(tmp_path / "other", seed=1)
-    assert _digests(other)["model.safetensors"] != _digests(tiny_dir)["model.safetensors"]
+    random = write_tiny(tmp_path / "random", seed=0, trained=False)
+    assert _digests(write_tiny(tmp_path / "random-again", seed=0, trained=False)) == _digests(random)
+    other = write_tiny(tmp_path / "other", seed=1, trained=False)
+    assert _digests(other)["model.safetensors"] != _digests(random)["model.safetensors"]
+    assert _digests(random)["model.safetensors"] != _digests(tiny_dir)["model.safetensors"]
+
+
+def test_trained_weights_fit_the_budget(tiny_dir):
+    """The issue's limit for committed weights: 25 MB."""
+    assert (tiny_dir / "model.safetensors").stat().st_size <= 25_000_000
 
 
 def test_released_layout(tiny_dir):
@@ -54,10 +63,11 @@ def test_transformers_loads_model_tokenizer_and_image_processor(tiny_dir):
     except ImportError:  # 4.57.x
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as Processor
     processor = Processor.from_pretrained(tiny_dir)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    # 160x192 lies inside the trained processor's bounds and 4.57's defaults (which ignore `size`): no resize.
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 192, 3), dtype=np.uint8))
     pixels = processor(images=[image], return_tensors="np")
     grid = pixels["image_grid_thw"]
-    assert grid.tolist() == [[1, 18, 24]]
+    assert grid.tolist() == [[1, 10, 12]]
 
     num_image_tokens = int(grid.prod() // 4)
     text = prompt.replace("<|image_pad|>", "<|image_pad|>" * num_image_tokens)

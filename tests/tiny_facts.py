@@ -1,11 +1,11 @@
-"""Sizes of the embedded tiny model, derived from its packaged config.json (torch-free), so tests name
+"""Sizes of the embedded (trained) tiny model, derived from its packaged shapes/config.json (torch-free), so tests name
 what a number means (`PATCH_DIM`) instead of repeating it (1536)."""
 import json
 from importlib import resources
 
 from qvl_compile.families.qwen3_vl.config import parse_vision
 
-RAW_CONFIG = json.loads(resources.files("qvl_compile.families.qwen3_vl.tiny").joinpath("config.json").read_text())
+RAW_CONFIG = json.loads(resources.files("qvl_compile.families.qwen3_vl.tiny").joinpath("shapes/config.json").read_text())
 VISION = parse_vision(RAW_CONFIG["vision_config"])
 PATCH_DIM = VISION.patch_dim  # row length of pixel_values: C * temporal_patch * patch * patch
 MERGE_UNIT = VISION.merge_unit  # patches per merged token

@@ -94,10 +94,10 @@ class Qwen3VL(Family):
 
         return run_reference(hf_model, prompt, next_tokens)
 
-    def write_tiny(self, out_dir: Path, seed: int = 0, force: bool = False) -> Path:
+    def write_tiny(self, out_dir: Path, seed: int = 0, force: bool = False, trained: bool = True) -> Path:
         from qvl_compile.families.qwen3_vl.fixtures import write_tiny
 
-        return write_tiny(out_dir, seed=seed, force=force)
+        return write_tiny(out_dir, seed=seed, force=force, trained=trained)
 
     def write_random(self, arch: str, out_dir: Path, seed: int = 0, vision_only: bool = False,
                      force: bool = False) -> Path:

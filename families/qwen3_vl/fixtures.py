@@ -127,11 +127,14 @@ def _generation_config(ids: dict[str, int]) -> dict:
     }
 
 
-def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
-    """The embedded default: tiny architecture, seeded weights, tokenizer, processor configs."""
-    tok = build_tokenizer()
+# The trained embedded model (docs/training.md): architecture, processor sizes and weights in tiny/shapes/.
+TRAINED = "shapes"
+
+
+def _tiny_config(tok, variant: str | None) -> dict:
+    """The embedded config (`variant` None: the seeded random model's) with the tokenizer's ids filled in."""
     ids = special_token_ids(tok)
-    raw = _package_json("config.json")
+    raw = _package_json(f"{variant}/config.json" if variant else "config.json")
     vocab = tok.get_vocab_size(with_added_tokens=True)
     raw["text_config"]["vocab_size"] = int(math.ceil(vocab / 64) * 64)
     raw["image_token_id"] = ids["<|image_pad|>"]
@@ -139,14 +142,51 @@ def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
     raw["vision_start_token_id"] = ids["<|vision_start|>"]
     raw["vision_end_token_id"] = ids["<|vision_end|>"]
     ModelConfig.from_dict(raw, source="embedded tiny config")  # validate before writing anything
+    return raw
 
+
+def _write_tiny_layout(tmp: Path, tok, raw: dict, variant: str | None) -> None:
+    """Everything but the weights: config, generation defaults, processors, tokenizer and template."""
+    (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps(_generation_config(special_token_ids(tok)), indent=2) + "\n")
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+        (tmp / name).write_text(json.dumps(_package_json(f"{variant}/{name}" if variant else name), indent=2) + "\n")
+    write_tokenizer(tok, tmp, model_max_length=raw["text_config"]["max_position_embeddings"])
+
+
+def trained_weights_path() -> Path:
+    return Path(str(resources.files("qvl_compile.families.qwen3_vl.tiny").joinpath(f"{TRAINED}/model.safetensors")))
+
+
+def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False, trained: bool = True) -> Path:
+    """The embedded default: the model trained on the shapes suite (`trained=False`: the tiny seeded random
+    model, whose weights are a pure function of `seed`), with tokenizer and processor configs."""
+    tok = build_tokenizer()
+    variant = TRAINED if trained else None
+    raw = _tiny_config(tok, variant)
+    if trained and not trained_weights_path().is_file():
+        raise QvlError(f"the trained weights {trained_weights_path()} are missing from this installation")
     with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
-        (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(json.dumps(_generation_config(ids), indent=2) + "\n")
-        for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
-            (tmp / name).write_text(json.dumps(_package_json(name), indent=2) + "\n")
-        write_tokenizer(tok, tmp, model_max_length=raw["text_config"]["max_position_embeddings"])
-        _write_weights(raw, tmp, seed, vision_only=False)
+        _write_tiny_layout(tmp, tok, raw, variant)
+        if trained:
+            (tmp / "model.safetensors").write_bytes(trained_weights_path().read_bytes())
+        else:
+            _write_weights(raw, tmp, seed, vision_only=False)
+    return Path(out_dir)
+
+
+def write_tiny_untrained(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
+    """The trained model's architecture with transformers' own initialisation: where training starts."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tok = build_tokenizer()
+    raw = _tiny_config(tok, TRAINED)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**copy.deepcopy(raw)))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
+        _write_tiny_layout(tmp, tok, raw, TRAINED)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return Path(out_dir)
 
 
