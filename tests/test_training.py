@@ -8,10 +8,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_short_run_learns_colour(tmp_path):
-    from qvl_compile.training.shapes import TrainConfig, train
+    from qvl_compile.training.shapes import Stage, TrainConfig, train
 
-    config = TrainConfig(steps=300, warmup=30, stages=((0.0, (("color", 1.0),)),), log_every=50, eval_every=300,
-                         save_every=300, held_out=24)
+    config = TrainConfig(steps=300, warmup=30, stages=(Stage((("color", 1.0),)),), log_every=50, eval_every=300,
+                         save_every=300, held_out=24, decay_fraction=0.5)
     out = train(tmp_path / "model", config)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     first, last = log[0]["loss"]["color"], log[-1]["loss"]["color"]

@@ -1,4 +1,5 @@
-"""`--vision-quant int8`: Gemm -> MatMul + Add keeps the fp32 numbers; the int8 graph keeps cosine >= 0.999."""
+"""`--vision-quant int8`: Gemm -> MatMul + Add keeps the fp32 numbers; the int8 graph keeps cosine >= MIN_COSINE
+(7-bit weights, so also on CPUs without VNNI, where u8 x s8 saturates at full range)."""
 import collections
 
 import numpy as np
