@@ -30,6 +30,17 @@ MIN_GAP = 0.02  # white space between two shapes' boxes, fraction of min(width, 
 
 
 @dataclass(frozen=True)
+class ShapeSizes:
+    """Bounds of a shape's side as a fraction of min(width, height). The suite's are SPEC_SIZES; a trainer may start
+    with larger shapes, which a small vision tower learns to tell apart first (docs/training.md)."""
+    smallest: float = MIN_SHAPE
+    largest: float = MAX_SHAPE
+
+
+SPEC_SIZES = ShapeSizes()
+
+
+@dataclass(frozen=True)
 class Shape:
     kind: str  # circle | square | triangle
     color: str
@@ -75,9 +86,9 @@ def _size(rng: np.random.Generator) -> tuple[int, int]:
     return int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
 
 
-def _side(rng: np.random.Generator, width: int, height: int, largest: float = MAX_SHAPE) -> int:
+def _side(rng: np.random.Generator, width: int, height: int, smallest: float, largest: float) -> int:
     shortest = min(width, height)
-    return int(rng.integers(math.ceil(MIN_SHAPE * shortest), math.floor(largest * shortest) + 1))
+    return int(rng.integers(math.ceil(smallest * shortest), math.floor(largest * shortest) + 1))
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 0) -> bool:
@@ -85,15 +96,16 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: i
     return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
 
 
-def _place(rng: np.random.Generator, width: int, height: int, count: int) -> list[tuple[int, int, int, int]]:
+def _place(rng: np.random.Generator, width: int, height: int, count: int,
+           sizes: ShapeSizes) -> list[tuple[int, int, int, int]]:
     """`count` square boxes inside the image, pairwise disjoint and apart by MIN_GAP of the shorter side (two
     touching shapes of one colour would read as one); sizes shrink toward the minimum if crowded."""
-    largest = MAX_SHAPE
+    smallest, largest = sizes.smallest, sizes.largest
     gap = max(2, round(MIN_GAP * min(width, height)))
     while True:
         boxes: list[tuple[int, int, int, int]] = []
         for _ in range(200):
-            side = _side(rng, width, height, largest)
+            side = _side(rng, width, height, smallest, largest)
             x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
             box = (x, y, x + side, y + side)
             if not any(_overlaps(box, other, gap) for other in boxes):
@@ -101,38 +113,39 @@ def _place(rng: np.random.Generator, width: int, height: int, count: int) -> lis
                 if len(boxes) == count:
                     return boxes
         largest = max(MIN_SHAPE, largest - 0.05)
+        smallest = min(smallest, largest)
 
 
 def _pick(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _single(rng: np.random.Generator, color: str | None = None) -> tuple[Image.Image, Shape]:
+def _single(rng: np.random.Generator, sizes: ShapeSizes, color: str | None = None) -> tuple[Image.Image, Shape]:
     width, height = _size(rng)
-    shape = Shape(_pick(rng, SHAPES), color or _pick(rng, list(COLORS)), _place(rng, width, height, 1)[0])
+    shape = Shape(_pick(rng, SHAPES), color or _pick(rng, list(COLORS)), _place(rng, width, height, 1, sizes)[0])
     return draw((width, height), [shape]), shape
 
 
-def _color(rng):
-    image, shape = _single(rng)
+def _color(rng, sizes):
+    image, shape = _single(rng, sizes)
     return Case("color", "What color is the shape?", shape.color, (image,))
 
 
-def _shape(rng):
-    image, shape = _single(rng)
+def _shape(rng, sizes):
+    image, shape = _single(rng, sizes)
     return Case("shape", "What shape is this?", shape.kind, (image,))
 
 
-def _count(rng):
+def _count(rng, sizes):
     width, height = _size(rng)
-    boxes = _place(rng, width, height, int(rng.integers(1, 5)))
+    boxes = _place(rng, width, height, int(rng.integers(1, 5)), sizes)
     shapes = [Shape(_pick(rng, SHAPES), _pick(rng, list(COLORS)), box) for box in boxes]
     return Case("count", "How many shapes are there?", str(len(shapes)), (draw((width, height), shapes),))
 
 
-def _ground(rng):
+def _ground(rng, sizes):
     width, height = _size(rng)
-    boxes = _place(rng, width, height, int(rng.integers(1, 4)))
+    boxes = _place(rng, width, height, int(rng.integers(1, 4)), sizes)
     pairs = [(kind, color) for kind in SHAPES for color in COLORS]
     chosen = rng.choice(len(pairs), size=len(boxes), replace=False)
     shapes = [Shape(*pairs[int(i)], box) for i, box in zip(chosen, boxes)]
@@ -141,16 +154,16 @@ def _ground(rng):
                 (draw((width, height), shapes),))
 
 
-def _two_images(rng):
+def _two_images(rng, sizes):
     first_color, second_color = rng.choice(list(COLORS), size=2, replace=False)
-    first, _ = _single(rng, str(first_color))
-    second, _ = _single(rng, str(second_color))
+    first, _ = _single(rng, sizes, str(first_color))
+    second, _ = _single(rng, sizes, str(second_color))
     asked, answer = (first_color, "first") if rng.integers(2) == 0 else (second_color, "second")
     return Case("two_images", f"Which image shows the {asked} shape, the first or the second?", answer,
                 (first, second))
 
 
-def _motion(rng):
+def _motion(rng, sizes):
     width, height = _size(rng)
     direction = _pick(rng, ("left", "right", "up", "down"))
     horizontal = direction in ("left", "right")
@@ -159,8 +172,8 @@ def _motion(rng):
     travel = step * (MOTION_FRAMES - 1)
     shortest = min(width, height)
     # The whole path stays inside the image: the side leaves room for the travel along the motion.
-    largest = min(MAX_SHAPE * shortest, extent - travel)
-    side = int(rng.integers(math.ceil(MIN_SHAPE * shortest), math.floor(largest) + 1))
+    largest = math.floor(min(sizes.largest * shortest, extent - travel))
+    side = int(rng.integers(min(math.ceil(sizes.smallest * shortest), largest), largest + 1))
     across = int(rng.integers(0, (height if horizontal else width) - side + 1))
     start = int(rng.integers(0, extent - side - travel + 1))
     sign = 1 if direction in ("right", "down") else -1
@@ -179,10 +192,10 @@ _MAKERS = {"color": _color, "shape": _shape, "count": _count, "ground": _ground,
            "motion": _motion}
 
 
-def make_case(task: str, rng: np.random.Generator) -> Case:
+def make_case(task: str, rng: np.random.Generator, sizes: ShapeSizes = SPEC_SIZES) -> Case:
     if task not in _MAKERS:
         raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
-    return _MAKERS[task](rng)
+    return _MAKERS[task](rng, sizes)
 
 
 def write_cases(folder: str | Path, seed: int, per_task: int, tasks=TASKS) -> Path:
