@@ -22,19 +22,21 @@ import numpy as np
 
 class Ours:
     def __init__(self, export_dir: Path, threads: int, accuracy_level: int | None, workdir: Path, in_place: bool = True):
+        from qvl_compile.manifest import load_artifact
         from qvl_compile.runtime.decoder import TextDecoder
 
-        decoder = TextDecoder.from_export(export_dir)
-        if accuracy_level is not None:  # same weights, another MatMulNBits accuracy level
+        if accuracy_level is None:
+            decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads)
+        else:  # same weights, another MatMulNBits accuracy level; one session, on the rewritten graph only
             from qvl_compile.export.decoder_verify import with_accuracy_level
 
-            graph = export_dir / "decoder.onnx"
-            variant = export_dir / f"decoder.accuracy{accuracy_level}.bench.onnx"
+            graph, artifact, _ = load_artifact(export_dir, "decoder")
+            variant = workdir / f"decoder.accuracy{accuracy_level}.bench.onnx"
             with_accuracy_level(graph, accuracy_level, variant)
-            decoder = TextDecoder(variant, decoder.facts, intra_op_threads=threads, kv_cache=decoder.artifact.kv_cache)
-            variant.unlink()
-        else:
-            decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads)
+            try:
+                decoder = TextDecoder(variant, artifact.shape, intra_op_threads=threads, kv_cache=artifact.kv_cache)
+            finally:
+                variant.unlink()
         self.decoder = decoder
         self.in_place = in_place
         cache = "KV cache in place" if in_place else "KV cache copied per step"
@@ -63,8 +65,8 @@ class Genai:
     def __init__(self, model_dir: Path, threads: int, max_length: int):
         import onnxruntime_genai as og
 
-        config = og.Config(str(model_dir))
-        self.og, self.model = og, og.Model(config)
+        self._overlay = _genai_with_threads(model_dir, threads)
+        self.og, self.model = og, og.Model(og.Config(self._overlay.name))
         self.max_length = max_length
         self.name = "onnxruntime-genai builder INT4"
 
@@ -86,6 +88,24 @@ class Genai:
         for _ in range(steps):
             generator.generate_next_token()
         return steps / (time.perf_counter() - start)
+
+
+def _genai_with_threads(model_dir: Path, threads: int):
+    """onnxruntime-genai takes its thread count from genai_config.json only: a temporary folder of links to the
+    builder's files, with a genai_config.json whose session options say `threads`."""
+    import json
+    import tempfile
+
+    overlay = tempfile.TemporaryDirectory(prefix="genai-threads-")
+    for item in model_dir.iterdir():
+        if item.name != "genai_config.json":
+            (Path(overlay.name) / item.name).symlink_to(item.resolve())
+    config = json.loads((model_dir / "genai_config.json").read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads
+    options["inter_op_num_threads"] = 1
+    (Path(overlay.name) / "genai_config.json").write_text(json.dumps(config, indent=2))
+    return overlay
 
 
 class Torch:
