@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qvl_compile.errors import QvlError
+from qvl_compile.runtime.context import check_fits
 from qvl_compile.runtime.sampling import SamplingConfig, next_token
 from qvl_compile.runtime.stopping import visible_text
 
@@ -167,12 +168,7 @@ class Engine:
                seed: int | None = None, stop: tuple[str, ...] = ()) -> Job:
         """Queue a prepared prompt. Raises QvlError if it cannot fit a slot, EngineBusy if the queue is full."""
         sampling.validate()
-        seq = len(prepared.input_ids)
-        if max_new_tokens < 1:
-            raise QvlError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if seq + max_new_tokens > self.config.context:
-            raise QvlError(f"prompt of {seq} tokens + {max_new_tokens} new tokens exceeds the context of "
-                           f"{self.config.context} tokens")
+        check_fits(len(prepared.input_ids), max_new_tokens, self.config.context)
         job = Job(prepared, max_new_tokens, sampling, np.random.default_rng(seed), tuple(stop), emit,
                   history=[int(t) for t in prepared.input_ids])
         with self._cond:

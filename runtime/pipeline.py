@@ -11,6 +11,7 @@ changes (its KV cache, IO binding, sampler state) is its own; what they share is
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from tokenizers import Tokenizer
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import check_files, read_manifest
 from qvl_compile.registry import family_named
+from qvl_compile.runtime.context import check_fits
 from qvl_compile.runtime.conversation import single_turn, split_media
 from qvl_compile.runtime.decoder import TextDecoder
 from qvl_compile.runtime.preprocess import ImageProcessorConfig, load_image, preprocess_image, to_rgb
@@ -86,9 +88,8 @@ class Pipeline:
                                                 self.image_config)
                 image_grids.append(grid)
             else:
-                video_config = VideoProcessorConfig.from_dir(self.export_dir)
-                clip = item.source if isinstance(item.source, Video) else read_video(item.source, video_config)
-                pixels, grid, times = preprocess_video(clip, video_config)
+                clip = item.source if isinstance(item.source, Video) else read_video(item.source, self.video_config)
+                pixels, grid, times = preprocess_video(clip, self.video_config)
                 video_grids.append(grid), stamps.append(times)
             rows.append(pixels), grids.append(grid)
         text = self.template.render(messages=rendered, add_generation_prompt=True)
@@ -99,13 +100,13 @@ class Pipeline:
         return PreparedPrompt(ids, positions, delta, np.concatenate(rows) if rows else None,
                               np.asarray(grids, np.int64) if grids else None, tuple(rows))
 
+    @functools.cached_property
+    def video_config(self) -> VideoProcessorConfig:
+        """Read on the first video, once: image-only deployments never need the file."""
+        return VideoProcessorConfig.from_dir(self.export_dir)
+
     def check_context(self, prepared: PreparedPrompt, max_new_tokens: int) -> None:
-        if max_new_tokens < 1:
-            raise QvlError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        seq = len(prepared.input_ids)
-        if self.max_context and seq + max_new_tokens > self.max_context:
-            raise QvlError(f"prompt of {seq} tokens + {max_new_tokens} new tokens exceeds the context of "
-                           f"{self.max_context} tokens")
+        check_fits(len(prepared.input_ids), max_new_tokens, self.max_context)
 
     def stream(self, prompt: str, images=(), video=None, max_new_tokens: int = 128, greedy: bool = False,
                seed: int | None = None, sampling: SamplingConfig | None = None, system: str | None = None,

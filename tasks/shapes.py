@@ -88,7 +88,8 @@ def _size(rng: np.random.Generator) -> tuple[int, int]:
 
 def _side(rng: np.random.Generator, width: int, height: int, smallest: float, largest: float) -> int:
     shortest = min(width, height)
-    return int(rng.integers(math.ceil(smallest * shortest), math.floor(largest * shortest) + 1))
+    low = math.ceil(smallest * shortest)
+    return int(rng.integers(low, max(low, math.floor(largest * shortest)) + 1))
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 0) -> bool:

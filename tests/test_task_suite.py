@@ -153,3 +153,22 @@ def test_written_cases_are_the_eval_format_and_reproducible(tmp_path):
     assert first.read_text() == again.read_text()
     other = write_cases(tmp_path / "c", seed=8, per_task=2)
     assert other.read_text() != first.read_text()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_training_sizes_make_larger_valid_shapes(task):
+    """The trainer's early stages draw larger shapes (ShapeSizes); every task still yields a valid case, shapes
+    stay inside the image and apart, and a single shape's side keeps to the asked range."""
+    from qvl_compile.tasks.shapes import ShapeSizes
+
+    sizes = ShapeSizes(0.55, 0.9)
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        case = make_case(task, rng, sizes)
+        for image in case.images + (case.video or ()):
+            shapes = components(image)
+            assert shapes and all(0 <= x1 and 0 <= y1 and x2 <= image.width and y2 <= image.height
+                                  for _, (x1, y1, x2, y2) in shapes)
+            if task in ("color", "shape", "two_images"):
+                ((_, (x1, y1, x2, y2)),) = shapes
+                assert 0.55 * min(image.size) - 1 <= max(x2 - x1, y2 - y1) <= 0.9 * min(image.size) + 1
