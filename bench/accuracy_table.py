@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import cpu_flags  # bench scripts share helpers by path
 
 CLI = [sys.executable, "-m", "qvl_compile.cli"]  # this interpreter's qvl-compile, activated or not
 # name -> `qvl-compile export` options (vision + decoder in one folder)
@@ -31,17 +32,6 @@ SETTINGS = {
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-
-
-def cpu_flags() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8") if f in flags]
-    return f"{fields.get('Model name', '?').strip()} ({', '.join(wanted)})"
 
 
 def run_eval(name: str, answer, cases, work: Path) -> dict:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from machine import summary as machine_summary  # bench scripts share helpers by path
 
 
 def read_bandwidth(gib: float = 1.0, threads: int = 2, passes: int = 7) -> float:
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--export", type=Path)
     parser.add_argument("--context", type=int, default=512)
     args = parser.parse_args()
+    print(machine_summary())
     bandwidth = read_bandwidth(args.gib, args.threads)
     print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s ({args.threads} threads, best of 7 over {args.gib} GiB)")
     if args.export:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_table import cpu_flags  # bench scripts share helpers by path
+from machine import cpu_flags  # bench scripts share helpers by path
 
 
 def step_times(decoder, batch: int, prompt: int, steps: int, seed: int = 0) -> list[float]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import summary as machine_summary  # bench scripts share helpers by path
 
 
 class Ours:
@@ -215,6 +216,7 @@ def main() -> None:
         print(f"| {c.name} | " + " | ".join(cells) + " |")
     print(f"\nmedian (min-max) of {args.repeats} interleaved rounds, {args.threads} threads, "
           f"{args.decode_tokens} greedy decode steps")
+    print(machine_summary())
     if args.plot:
         plot(decode, args.context, args.plot)
 

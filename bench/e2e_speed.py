@@ -17,6 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from machine import summary as machine_summary  # bench scripts share helpers by path
+
 SAMPLE = Path(__file__).resolve().parents[1] / "runtime" / "samples" / "red-house.png"
 
 
@@ -162,6 +164,7 @@ def main() -> None:
         print(f"| {name} | {cell([v[0] for v in values])} | {cell([v[1] for v in values])} | {peaks[name]:.0f} |")
     print(f"\n{args.size}x{args.size} image, median (min-max) of {args.repeats} interleaved rounds, "
           f"{args.threads} threads")
+    print(machine_summary())
 
 
 if __name__ == "__main__":

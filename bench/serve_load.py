@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_table import cpu_flags  # bench scripts share helpers by path
+from machine import cpu_flags  # bench scripts share helpers by path
 
 QUESTION = "How many shapes are there?"
 

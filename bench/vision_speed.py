@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from machine import summary as machine_summary  # bench scripts share helpers by path
+
 WORKLOADS = {
     "image 448x448": ((1, 28, 28),),
     "image 672x672": ((1, 42, 42),),
@@ -116,6 +118,7 @@ def markdown(times, peaks, baseline: str, repeats: int, threads: int) -> str:
                  + " |" * (len(names) - 1))
     lines.append(f"\nmedian (min-max) of {repeats} interleaved rounds, {threads} threads, one worker process per "
                  "runner (peak RSS includes loading)")
+    lines.append(machine_summary())
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,9 @@
     load checkpoint -> rewrite -> capture (torch.export) -> translate to ONNX -> the spec's steps
 
 The steps after translation are the spec's own list of named stages: post-passes (GELU fusion, INT4,
-int8, later fp16), the checker, and verification against PyTorch. Each stage logs what it did and
-fails with its name (`export.stages`). The vision tower and the text decoder are two specs
+int8, later fp16), the checker, and verification against PyTorch. A streamed spec (weights written
+from the checkpoint after translation) may rewrite its weightless graph first (`GraphPass`: RMSNorm fusion).
+Each stage logs what it did and fails with its name (`export.stages`). The vision tower and the text decoder are two specs
 (`export.vision`, `export.decoder`); a decoder whose MLP is a mixture of experts is another spec built
 from its family's rewrite factory, with the same stages.
 
@@ -68,6 +69,14 @@ class Step:
 
 
 @dataclass(frozen=True)
+class GraphPass:
+    """A named rewrite of a streamed component's graph before its weights are written (e.g. a fusion)."""
+
+    name: str
+    run: Callable[[ExportContext, onnx.ModelProto], None]
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     name: str  # the artifact's key in manifest.json
     file_name: str
@@ -86,9 +95,10 @@ class ComponentSpec:
     # translation; this returns the plan that packs them (None: float32 as read).
     weight_plan: Callable[[ExportContext, onnx.ModelProto, dict], Any] | None = None
     streamed: bool = False
+    graph_passes: tuple[GraphPass, ...] = ()  # streamed specs: run on the weightless graph, in order
 
     def stage_names(self) -> list[str]:
-        write = [WRITE_STAGE] if self.streamed else []
+        write = [*(p.name for p in self.graph_passes), WRITE_STAGE] if self.streamed else []
         return ["load checkpoint", "rewrite", "capture (torch.export)", "translate to ONNX", *write,
                 *(step.name for step in self.steps)]
 
@@ -174,6 +184,9 @@ def export_component(spec: ComponentSpec, ctx: ExportContext) -> dict[str, Any]:
     if spec.streamed:
         from qvl_compile.export.weight_writer import write_graph
 
+        for graph_pass in spec.graph_passes:
+            with stages.run(graph_pass.name):
+                graph_pass.run(ctx, proto)
         with stages.run(WRITE_STAGE):
             write_graph(proto, sources, ctx.reader, ctx.path, ctx.external, spec.weight_plan(ctx, proto, sources)
                         if spec.weight_plan else None)
@@ -200,8 +213,10 @@ CHECK_STAGE = "check (onnx.checker, onnxruntime load)"
 def check_graph(ctx: ExportContext) -> None:
     """The check step every spec lists: onnx.checker with full shape inference, then an onnxruntime session
     on the target's execution provider."""
+    from qvl_compile.export.ort_schemas import register_onnxruntime_schemas
     from qvl_compile.runtime.session import make_session
 
+    register_onnxruntime_schemas()  # e.g. SimplifiedLayerNormalization, written by the RMSNorm fusion
     onnx.checker.check_model(str(ctx.path), full_check=True)
     make_session(ctx.path, [ctx.target.execution_provider])
 

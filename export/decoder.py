@@ -19,9 +19,18 @@ import onnx
 from qvl_compile.config import ModelConfig
 from qvl_compile.contract import KV_IN_PLACE, DecoderShape, cache_names
 from qvl_compile.errors import QvlError
-from qvl_compile.export.component import CHECK_STAGE, ComponentSpec, ExportContext, Step, check_graph, export_component
+from qvl_compile.export.component import (
+    CHECK_STAGE,
+    ComponentSpec,
+    ExportContext,
+    GraphPass,
+    Step,
+    check_graph,
+    export_component,
+)
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import verify_decoder_graph
+from qvl_compile.export.fusion import fuse_rms_norm
 from qvl_compile.export.int4_weights import Int4Plan, count_ops
 from qvl_compile.export.streamed_reference import checkpoint_source
 
@@ -97,6 +106,13 @@ def _weight_plan(options: QuantOptions):
     return plan
 
 
+def _fuse_rms_norm(ctx: ExportContext, proto: onnx.ModelProto) -> None:
+    counts = fuse_rms_norm(proto)
+    expected = ctx.family.decoder_rms_norms(ctx.config)
+    if sum(counts.values()) != expected:
+        raise QvlError(f"expected {expected} fused RMSNorms, onnxruntime's fusion made {sum(counts.values())}")
+
+
 def _verifier(options: QuantOptions):
     def verify(ctx: ExportContext) -> None:
         source = checkpoint_source(ctx.reference, ctx.reader)
@@ -141,11 +157,12 @@ def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
     options.validate()
     inputs, outputs, dims = _io_names(config.text.num_hidden_layers)
     steps = (Step(CHECK_STAGE, check_graph), Step("verify against transformers (weights streamed)", _verifier(options)))
+    passes = (GraphPass("fuse RMSNorm (onnxruntime.transformers)", _fuse_rms_norm),) if options.fuse_rms_norm else ()
     return ComponentSpec(
         name="decoder", file_name=DECODER_FILE, load=_load, rewrite=_rewrite, example_inputs=_example_inputs,
         dynamic_shapes=_dynamic_shapes, input_names=inputs, output_names=outputs, dim_names=dims,
         translation_table=_translation_table, steps=steps, describe=_describe(options),
-        weight_plan=_weight_plan(options), streamed=True,
+        weight_plan=_weight_plan(options), streamed=True, graph_passes=passes,
     )
 
 

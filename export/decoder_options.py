@@ -8,7 +8,7 @@ from qvl_compile.errors import QvlError
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """INT4 weight-only quantization (onnxruntime MatMulNBits)."""
+    """The decoder's weight format (INT4 weight-only quantization, onnxruntime MatMulNBits) and graph fusions."""
 
     mode: str = "int4"  # "int4" or "fp32"
     block_size: int = 32
@@ -18,6 +18,8 @@ class QuantOptions:
     quantize_lm_head: bool = True
     quantize_embedding: bool = True  # GatherBlockQuantized table (int4 mode, symmetric only)
     symmetric: bool = True
+    # RMSNorm chains as onnxruntime's (Skip)SimplifiedLayerNormalization (export.fusion.fuse_rms_norm)
+    fuse_rms_norm: bool = True
 
     def validate(self) -> None:
         if self.mode not in ("int4", "fp32"):

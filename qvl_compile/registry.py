@@ -70,6 +70,10 @@ class Family:
         """How many projection MatMuls the decoder graph holds besides the lm_head (what INT4 quantizes)."""
         raise NotImplementedError
 
+    def decoder_rms_norms(self, config: "ModelConfig") -> int:
+        """How many RMSNorms the decoder graph holds (what the RMSNorm fusion must find)."""
+        raise NotImplementedError
+
     # --- PyTorch references (export side: torch) ---
     def reference_vision(self, hf_visual, pixel_values, grid_thw):
         """Eager (image_embeds, deepstack_embeds) of the transformers vision model."""

@@ -110,6 +110,11 @@ def test_interface_and_counts(int4_export, hf_model):
     assert dims["logits"] == ["batch", "num_logits", text.vocab_size]
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["MatMulNBits"] == projection_count(hf_model)
+    # Every RMSNorm (input, post-attention, q, k per layer; the final one) is one fused node, and each one
+    # after a residual Add (post-attention, the next layer's input, the final norm) takes that Add in.
+    assert ops["Pow"] == ops["ReduceMean"] == ops["Sqrt"] == ops["Reciprocal"] == 0
+    assert ops["SimplifiedLayerNormalization"] + ops["SkipSimplifiedLayerNormalization"] == 4 * layers + 1
+    assert ops["SkipSimplifiedLayerNormalization"] == 2 * layers
 
 
 def test_batch_of_two_text_prompts_matches_transformers(fp32_export, hf_model):

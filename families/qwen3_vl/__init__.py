@@ -70,6 +70,10 @@ class Qwen3VL(Family):
         """Projection MatMuls the decoder graph holds besides the lm_head: q k v o gate up down per layer."""
         return 7 * config.text.num_hidden_layers
 
+    def decoder_rms_norms(self, config: ModelConfig) -> int:
+        """RMSNorms in the decoder graph: input, post-attention, q and k norms per layer, and the final norm."""
+        return 4 * config.text.num_hidden_layers + 1
+
     def reference_vision(self, hf_visual, pixel_values, grid_thw):
         """Eager (image_embeds [N/4, out], deepstack [D, N/4, out]) torch tensors."""
         from qvl_compile.families.qwen3_vl.loaders import reference_vision
