@@ -1,6 +1,7 @@
 """Decoder speed, side by side in one run: our ONNX decoder, onnxruntime-genai's builder output, PyTorch eager.
 
-    python bench/decoder_speed.py --ours OUT_DIR [--ours-level 4] [--compare-copy] [--genai GENAI_DIR] [--torch MODEL_DIR]
+    python bench/decoder_speed.py --ours OUT_DIR [--ours-level 4] [--compare-copy] [--also LABEL=OUT_DIR2]
+        [--genai GENAI_DIR] [--torch MODEL_DIR]
         [--context 512] [--decode-tokens 32] [--prefill 1000] [--repeats 3] [--threads 2]
 
 Workloads (text tokens; random ids, the speed of a decoder does not depend on them):
@@ -22,7 +23,8 @@ from machine import summary as machine_summary  # bench scripts share helpers by
 
 
 class Ours:
-    def __init__(self, export_dir: Path, threads: int, accuracy_level: int | None, workdir: Path, in_place: bool = True):
+    def __init__(self, export_dir: Path, threads: int, accuracy_level: int | None, workdir: Path, in_place: bool = True,
+                 label: str = ""):
         from qvl_compile.manifest import load_artifact
         from qvl_compile.runtime.decoder import TextDecoder
 
@@ -41,7 +43,7 @@ class Ours:
         self.decoder = decoder
         self.in_place = in_place
         cache = "KV cache in place" if in_place else "KV cache copied per step"
-        self.name = f"ours INT4 (accuracy_level {accuracy_level or 'as exported'}, {cache})"
+        self.name = f"ours INT4 (accuracy_level {accuracy_level or 'as exported'}, {cache}{', ' + label if label else ''})"
 
     def _positions(self, start: int, count: int) -> np.ndarray:
         return np.broadcast_to(np.arange(start, start + count), (3, 1, count)).copy()
@@ -168,6 +170,8 @@ def main() -> None:
                         help="also run our graph at this MatMulNBits accuracy_level (repeatable)")
     parser.add_argument("--compare-copy", action="store_true",
                         help="also run our graph with a cache copied per step (no IO binding)")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=EXPORT_DIR",
+                        help="another export of ours, e.g. one made with --no-fuse-rms-norm (repeatable)")
     parser.add_argument("--genai", type=Path)
     parser.add_argument("--torch", type=Path, help="checkpoint folder for PyTorch eager")
     parser.add_argument("--context", type=int, nargs="+", default=[512], help="decode context lengths")
@@ -182,6 +186,9 @@ def main() -> None:
     if args.compare_copy:
         competitors.append(Ours(args.ours, args.threads, None, args.ours, in_place=False))
     competitors += [Ours(args.ours, args.threads, level, args.ours) for level in args.ours_level]
+    for label, folder in (item.split("=", 1) for item in args.also):
+        competitors.append(Ours(Path(folder), args.threads, None, Path(folder), label=label))
+        competitors += [Ours(Path(folder), args.threads, level, Path(folder), label=label) for level in args.ours_level]
     if args.genai:
         longest = max(args.prefill, max(args.context) + args.decode_tokens) + 8
         competitors.append(Genai(args.genai, args.threads, longest))
