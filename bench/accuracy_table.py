@@ -92,7 +92,7 @@ def main() -> None:
 def markdown(results: dict) -> str:
     settings = results["settings"]
     tasks = list(next(iter(settings.values()))["table"]["tasks"])
-    lines = [f"{results['cases']} cases (seed {results['seed']}), greedy; CPU: {results['cpu']}", "",
+    lines = [f"{results['cases']} cases (seed {results['seed']}), greedy; {results['cpu']}", "",
              "| setting | " + " | ".join(tasks) + " | all | same reply as PyTorch |",
              "|---|" + "---:|" * (len(tasks) + 2)]
     for name, setting in settings.items():
