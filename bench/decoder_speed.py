@@ -163,6 +163,23 @@ def plot(decode: dict, contexts: list[int], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def make_competitors(args) -> list:
+    """Ours as exported (and the variants asked for), then onnxruntime-genai and PyTorch when given."""
+    competitors = [Ours(args.ours, args.threads, None, args.ours)]
+    if args.compare_copy:
+        competitors.append(Ours(args.ours, args.threads, None, args.ours, in_place=False))
+    competitors += [Ours(args.ours, args.threads, level, args.ours) for level in args.ours_level]
+    for label, folder in (item.split("=", 1) for item in args.also):
+        competitors.append(Ours(Path(folder), args.threads, None, Path(folder), label=label))
+        competitors += [Ours(Path(folder), args.threads, level, Path(folder), label=label) for level in args.ours_level]
+    if args.genai:
+        longest = max(args.prefill, max(args.context) + args.decode_tokens) + 8
+        competitors.append(Genai(args.genai, args.threads, longest))
+    if args.torch:
+        competitors.append(Torch(args.torch, args.threads))
+    return competitors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", type=Path, required=True)
@@ -182,18 +199,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="PNG of decode tokens/s against context length")
     args = parser.parse_args()
 
-    competitors = [Ours(args.ours, args.threads, None, args.ours)]
-    if args.compare_copy:
-        competitors.append(Ours(args.ours, args.threads, None, args.ours, in_place=False))
-    competitors += [Ours(args.ours, args.threads, level, args.ours) for level in args.ours_level]
-    for label, folder in (item.split("=", 1) for item in args.also):
-        competitors.append(Ours(Path(folder), args.threads, None, Path(folder), label=label))
-        competitors += [Ours(Path(folder), args.threads, level, Path(folder), label=label) for level in args.ours_level]
-    if args.genai:
-        longest = max(args.prefill, max(args.context) + args.decode_tokens) + 8
-        competitors.append(Genai(args.genai, args.threads, longest))
-    if args.torch:
-        competitors.append(Torch(args.torch, args.threads))
+    competitors = make_competitors(args)
     vocab = competitors[0].decoder.facts.vocab_size
     rng = np.random.default_rng(0)
     prefill_ids = rng.integers(0, min(vocab, 151000), args.prefill)
