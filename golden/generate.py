@@ -249,8 +249,11 @@ def _generate_cases(out: Path, sources: Sources, model) -> list[str]:
         for suffix, penalty in PENALTIES.items():
             model.model.rope_deltas = None
             with torch.no_grad():
+                # The runtime never generates a media placeholder (Pipeline.never_generated): transformers is held
+                # to the same rule through its own bad_words_ids.
                 generated = model.generate(**kwargs, max_new_tokens=GENERATE_TOKENS, do_sample=False,
-                                           repetition_penalty=penalty)
+                                           repetition_penalty=penalty,
+                                           bad_words_ids=[[int(i)] for i in pipe.never_generated])
             name = f"generate/{label}-{suffix}"
             tokens = generated[0, ids.shape[1]:].tolist()
             if len(set(tokens)) < 2:
@@ -259,7 +262,8 @@ def _generate_cases(out: Path, sources: Sources, model) -> list[str]:
             write_case(out, name, "generate", params={**params, "repetition_penalty": penalty},
                        inputs={"input_ids": prepared.input_ids},
                        outputs={"token_ids": (generated[0, ids.shape[1]:].numpy().astype(np.int64), EXACT)},
-                       notes="transformers' generate() (greedy, repetition penalty as given); input_ids are the "
+                       notes="transformers' generate() (greedy, repetition penalty as given, media placeholders banned "
+                             "as the runtime bans them); input_ids are the "
                              "runtime's chat-template rendering, image pixels transformers' own processor's")
             names.append(name)
     return names

@@ -20,8 +20,8 @@ KILL_POINTS = [
     ("vision", "step 1/8: load checkpoint ..."),  # before any graph exists
     ("vision", "step 4/8: translate to ONNX ..."),  # graph being translated
     ("vision", "step 8/8: verify against eager PyTorch at other grids ..."),  # graph complete, being checked
-    ("decoder", "step 5/7: write weights (streamed from the checkpoint) ..."),  # weights being written
-    ("decoder", "step 7/7: verify against transformers (weights streamed) ..."),  # all written but the manifest
+    ("decoder", "step 6/8: write weights (streamed from the checkpoint) ..."),  # weights being written
+    ("decoder", "step 8/8: verify against transformers (weights streamed) ..."),  # all written but the manifest
 ]
 
 
