@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_flags  # bench scripts share helpers by path
+from machine import summary as machine_summary  # bench scripts share helpers by path
 
 CLI = [sys.executable, "-m", "qvl_compile.cli"]  # this interpreter's qvl-compile, activated or not
 # name -> `qvl-compile export` options (vision + decoder in one folder)
@@ -71,7 +71,7 @@ def main() -> None:
         subprocess.run([*CLI, "cases", str(cases_dir), "--seed", str(args.seed), "--per-task",
                         str(args.per_task)], check=True)
     cases = read_cases(cases_dir / "cases.jsonl")
-    results = {"cpu": cpu_flags(), "seed": args.seed, "cases": len(cases), "settings": {}}
+    results = {"cpu": machine_summary(), "seed": args.seed, "cases": len(cases), "settings": {}}
     results["settings"]["PyTorch fp32"] = run_eval("PyTorch fp32", torch_answerer(model, args.max_new_tokens,
                                                                                   args.threads), cases, work)
     for name in args.settings:

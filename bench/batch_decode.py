@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_flags  # bench scripts share helpers by path
+from machine import summary as machine_summary  # bench scripts share helpers by path
 
 
 def step_times(decoder, batch: int, prompt: int, steps: int, seed: int = 0) -> list[float]:
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         print(f"{row['batch']:>5} {row['ms_per_step']:>8.1f} {row['tokens_per_s']:>9.2f} "
               f"{row['tokens_per_s'] / rows[0]['tokens_per_s']:>9.2f}x")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_flags(), "export": str(args.export), "quant": decoder.artifact.quant
+        args.json.write_text(json.dumps({"cpu": machine_summary(), "export": str(args.export), "quant": decoder.artifact.quant
                                          if decoder.artifact else None, "prompt_tokens": args.prompt_tokens,
                                          "rows": rows}, indent=2, default=str) + "\n")
 

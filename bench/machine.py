@@ -77,16 +77,11 @@ def describe() -> dict:
 def summary(info: dict | None = None) -> str:
     info = info or describe()
     mlas = info["onnxruntime mlas"]
-    parts = [f"CPU: {info['cpu']} ({', '.join(info['isa']) or 'no AVX2'})",
+    parts = [f"CPU: {info['cpu']}, {info['threads available']} threads ({', '.join(info['isa']) or 'no AVX2'})",
              f"onnxruntime {info['onnxruntime']} MLAS fp32 {mlas['fp32 gemm']}, int8 {mlas['int8 gemm']}"]
     if info["torch kernels"]:
         parts.append(f"PyTorch kernels {info['torch kernels']}")
     return "; ".join(parts)
-
-
-def cpu_flags() -> str:
-    """The one-line machine description stored with every result (kept for the bench scripts' JSON)."""
-    return summary()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_flags  # bench scripts share helpers by path
+from machine import summary as machine_summary  # bench scripts share helpers by path
 
 QUESTION = "How many shapes are there?"
 
@@ -138,7 +138,7 @@ def main(argv=None) -> None:
             print(f"{r['clients']} clients: {r['decode_tokens_per_s'] / rows[0]['decode_tokens_per_s']:.2f}x one client's "
                   "aggregate decode throughput")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_flags(), "export": str(args.export or args.url),
+        args.json.write_text(json.dumps({"cpu": machine_summary(), "export": str(args.export or args.url),
                                          "tokens": args.tokens, "rounds": args.rounds, "levels": rows}, indent=2) + "\n")
 
 

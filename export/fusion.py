@@ -6,7 +6,8 @@
 - Decoder: transformers' RMSNorm becomes Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul (17 chains for 4
   layers: input, post-attention, q and k norms per layer, and the final norm);
   `FusionSimplifiedLayerNormalization` makes each one `SimplifiedLayerNormalization`, and
-  `FusionSkipSimplifiedLayerNormalization` folds the residual Add before a norm into
+  `FusionSkipLayerNormalization` (the base of onnxruntime's skip-simplified pass, run with shape inference off
+  because our graph has symbolic sequence lengths) folds the residual Add before a norm into
   `SkipSimplifiedLayerNormalization`, which also returns the sum for the next residual. The decoder pass runs
   on the graph before its weights are written, so it never holds them.
 """
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+
+from qvl_compile.export.int4_weights import count_ops
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,8 @@ def _quiet_fusion_log() -> Iterator[None]:
 
 
 def _counts(graph: onnx.GraphProto, ops: tuple[str, ...]) -> dict[str, int]:
-    found = Counter(node.op_type for node in graph.node)
-    return {op: found[op] for op in ops}
+    found = count_ops(graph)
+    return {op: found.get(op, 0) for op in ops}
 
 
 def fuse_gelu(path: Path, external: bool) -> dict[str, int]:

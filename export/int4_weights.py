@@ -135,8 +135,10 @@ class Int4Plan:
         return [writer.external(self.embedding + "_Q4", np.uint8, shape, bytes_of=self.lm_head + "_Q4")]
 
 
-def count_ops(proto: onnx.ModelProto) -> dict[str, int]:
+def count_ops(model: onnx.ModelProto | onnx.GraphProto) -> dict[str, int]:
+    """Nodes per op type in the top-level graph."""
+    graph = model.graph if isinstance(model, onnx.ModelProto) else model
     counts: dict[str, int] = {}
-    for node in proto.graph.node:
+    for node in graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts

@@ -121,19 +121,19 @@ def _pick(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _single(rng: np.random.Generator, sizes: ShapeSizes, color: str | None = None) -> tuple[Image.Image, Shape]:
+def single_shape(rng: np.random.Generator, sizes: ShapeSizes, color: str | None = None) -> tuple[Image.Image, Shape]:
     width, height = _size(rng)
     shape = Shape(_pick(rng, SHAPES), color or _pick(rng, list(COLORS)), _place(rng, width, height, 1, sizes)[0])
     return draw((width, height), [shape]), shape
 
 
 def _color(rng, sizes):
-    image, shape = _single(rng, sizes)
+    image, shape = single_shape(rng, sizes)
     return Case("color", "What color is the shape?", shape.color, (image,))
 
 
 def _shape(rng, sizes):
-    image, shape = _single(rng, sizes)
+    image, shape = single_shape(rng, sizes)
     return Case("shape", "What shape is this?", shape.kind, (image,))
 
 
@@ -157,8 +157,8 @@ def _ground(rng, sizes):
 
 def _two_images(rng, sizes):
     first_color, second_color = rng.choice(list(COLORS), size=2, replace=False)
-    first, _ = _single(rng, sizes, str(first_color))
-    second, _ = _single(rng, sizes, str(second_color))
+    first, _ = single_shape(rng, sizes, str(first_color))
+    second, _ = single_shape(rng, sizes, str(second_color))
     asked, answer = (first_color, "first") if rng.integers(2) == 0 else (second_color, "second")
     return Case("two_images", f"Which image shows the {asked} shape, the first or the second?", answer,
                 (first, second))

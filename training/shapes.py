@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qvl_compile.tasks.shapes import SPEC_SIZES, TASKS, ShapeSizes, make_case
+from qvl_compile.tasks.shapes import SPEC_SIZES, ShapeSizes
 from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
+from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,17 @@ DEFAULT_STAGES: tuple[Stage, ...] = (
     Stage(_BASICS + (("count", 1.0), ("two_images", 1.0), ("motion", 1.0), ("ground", 4.0))),
 )
 
+# The finishing recipe continues from DEFAULT_STAGES' checkpoint (--recipe finish --start-from DIR): the three
+# tasks it left short (count, two_images, ground), with the others replayed so they are not forgotten. two_images
+# first gets its stepping stone (training/stepping_stones.py), gated, then joins at full weight.
+_REPLAY = (("color", 0.5), ("shape", 0.5), ("motion", 0.5))
+FINISHING_STAGES: tuple[Stage, ...] = (
+    Stage(_REPLAY + (("count", 1.0), ("image_color", 3.0), ("two_images", 1.0), ("ground", 2.0)),
+          gates=(("image_color", 0.9),), max_steps=1200),
+    Stage(_REPLAY + (("count", 1.5), ("image_color", 0.5), ("two_images", 2.0), ("ground", 3.0))),
+)
+RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -88,7 +100,7 @@ def _lr(config: TrainConfig, step: int) -> float:
 
 def _task_probabilities(stage: Stage) -> tuple[list[str], np.ndarray]:
     weights = dict(stage.tasks)
-    names = [t for t in TASKS if weights.get(t, 0) > 0]
+    names = [t for t in TRAINING_TASKS if weights.get(t, 0) > 0]
     p = np.asarray([weights[t] for t in names], np.float64)
     return names, p / p.sum()
 
@@ -160,7 +172,7 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
     held_rng = np.random.default_rng(HELD_OUT_SEED)
-    held_out = {task: [make_case(task, held_rng) for _ in range(config.held_out)] for task in TASKS}
+    held_out = {task: [make_training_case(task, held_rng) for _ in range(config.held_out)] for task in TRAINING_TASKS}
     rng = np.random.default_rng(config.seed)
     recorded = {**asdict(config), "start_from": str(start_from) if start_from else None}
     (out_dir / "train_config.json").write_text(json.dumps(recorded, indent=2) + "\n")
@@ -172,7 +184,7 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
         stage = config.stages[stage_index]
         names, p = _task_probabilities(stage)
         tasks = rng.choice(names, size=config.batch, p=p)
-        examples = [encoder.encode(make_case(str(t), rng, stage.sizes)) for t in tasks]
+        examples = [encoder.encode(make_training_case(str(t), rng, stage.sizes)) for t in tasks]
         batch = collate(examples, encoder.pad_id, image_id, video_id)
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, step)
@@ -213,9 +225,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--start-from", help="a checkpoint folder to continue from")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="full",
+                        help="full: the curriculum from scratch; finish: continue a full run (with --start-from)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
+    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                         stages=RECIPES[args.recipe])
     train(args.out_dir, config, args.start_from)
 
 
