@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def with_accuracy_level(graph_path, level: int, out_path) -> None:
     onnx.save_model(model, str(out_path))
 
 
+@contextlib.contextmanager
+def accuracy_level_copy(graph_path: Path, level: int) -> Iterator[Path]:
+    """A temporary copy of the graph beside it (so it finds the same weight file) at `level`; removed after."""
+    copy_path = graph_path.with_name(f"{graph_path.stem}.accuracy{level}.tmp.onnx")
+    with_accuracy_level(graph_path, level, copy_path)
+    try:
+        yield copy_path
+    finally:
+        copy_path.unlink(missing_ok=True)
+
+
 def next_token_agreement(decoder: TextDecoder, reference_model, family: Family, seed: int = 0) -> tuple[int, int]:
     """(agreeing, total) argmax over every prefill position of the parity prompt."""
     prompt = family.build_prompt(reference_model.config, list(PARITY_PROMPT), seed=seed)
@@ -185,12 +197,8 @@ def _verify(path: Path, reference, shape: DecoderShape, family: Family, mode: st
 def _exact_weights_parity(path: Path, reference, shape: DecoderShape, family: Family, providers: list[str],
                           steps: int) -> DecoderParity:
     """The INT4 weights checked on an accuracy_level 0 copy (fp32 activations) of the graph; raises on failure."""
-    exact_path = path.with_name("decoder.accuracy0.onnx")
-    with_accuracy_level(path, 0, exact_path)
-    try:
+    with accuracy_level_copy(path, 0) as exact_path:
         parity = decoder_parity(TextDecoder(exact_path, shape, providers), reference, family, steps, INT4_TOLERANCE)
-    finally:
-        exact_path.unlink(missing_ok=True)
     _raise_unless(parity, "int4 weights (accuracy_level 0) vs fake-quant transformers")
     return parity
 

@@ -100,7 +100,7 @@ def build_sources(scratch: Path) -> Sources:
     model_dir = write_tiny(scratch / "tiny")  # the trained embedded model
     log.info("exporting the tiny model (fp32, then the INT4 decoder)")
     export_model(model_dir, scratch / "fp32", component="all", quant=QuantOptions(mode="fp32"))
-    export_model(model_dir, scratch / "int4", component="decoder")
+    export_model(model_dir, scratch / "int4", component="decoder", quant=QuantOptions(accuracy_level=1))  # exact path
     return Sources(model_dir, scratch / "fp32", scratch / "int4")
 
 

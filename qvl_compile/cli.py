@@ -144,9 +144,9 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
 @click.option("--quant", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True,
               help="Text decoder weights (the vision graph's are chosen by --vision-quant).")
 @click.option("--block-size", default=32, show_default=True, help="INT4 block size along the input dim.")
-@click.option("--accuracy-level", default=1, show_default=True, type=click.IntRange(0, 4),
-              help="MatMulNBits accuracy_level: 0/1 keep fp32 activations; 4 quantizes them to int8 "
-                   "(faster on CPU, less exact: see the README).")
+@click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
+              help="MatMulNBits accuracy_level: 4 quantizes activations to int8 (same task accuracy, 3.5x "
+                   "faster decode here: see the README); 0/1 keep fp32 activations (logits exact to the weights).")
 @click.option("--quantize-lm-head/--no-quantize-lm-head", default=True, show_default=True,
               help="INT4 output projection (with --quant int4); --no-quantize-lm-head keeps it float32.")
 @click.option("--quantize-embedding/--no-quantize-embedding", default=True, show_default=True,
@@ -204,6 +204,7 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
         click.echo(line)
     failed = [r for r in rows if not r.passed]
     click.echo("max rel err = max |onnx - torch| / max |torch|; greedy tokens must be identical")
+    click.echo("(shown, not required, at an accuracy level that quantizes activations)")
     if failed:
         _fail(f"{len(failed)} of {len(rows)} parity checks failed")
     click.echo(f"all {len(rows)} parity checks passed")
@@ -221,10 +222,11 @@ def parity_table(rows) -> list[str]:
         max_abs = "-" if row.max_abs != row.max_abs else f"{row.max_abs:.2e}"  # NaN: not measured
         cosine = "-" if row.cosine != row.cosine else f"{row.cosine:.5f}"
         if row.exact:
-            error, tol = ("same" if row.max_rel == 0 else "differ"), "exact"
+            error, tol = ("same" if row.max_rel == 0 else "differ"), "exact" if row.required else "-"
         else:
             error, tol = f"{row.max_rel:.2e}", f"{row.tolerance:.0e}"
-        lines.append(f"  {row.output:<22}{max_abs:>12}{error:>12}{tol:>8}{cosine:>9}  {'pass' if row.passed else 'FAIL'}")
+        result = "pass" if row.passed and row.required else "shown" if row.passed else "FAIL"
+        lines.append(f"  {row.output:<22}{max_abs:>12}{error:>12}{tol:>8}{cosine:>9}  {result}")
     return lines
 
 

@@ -96,8 +96,11 @@ def fp32_export(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def int4_export(tiny_dir, tmp_path_factory):
-    """The INT4 decoder of the tiny model with the export defaults (block 32, accuracy_level 1, lm_head too)."""
-    return _export(tiny_dir, tmp_path_factory, "int4", component="decoder")
+    """The INT4 decoder of the tiny model at accuracy_level 1, the exact INT4 path (fp32 activations; the default,
+    level 4, is lossy by design and checked on its own), otherwise the export defaults (block 32, lm_head too)."""
+    from qvl_compile.export.decoder_options import QuantOptions
+
+    return _export(tiny_dir, tmp_path_factory, "int4", component="decoder", quant=QuantOptions(accuracy_level=1))
 
 
 @pytest.fixture(scope="session")

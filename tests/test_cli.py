@@ -93,8 +93,13 @@ def test_readme_main_job_exports_and_verifies_both_graphs(tiny_dir, tmp_path):
     # Front door: the table fits 80 columns; token rows demand identity, not a tolerance; each export step
     # names its component; onnxruntime's fusion lines do not repeat ours.
     assert max(len(line) for line in verified.stdout.splitlines()) <= 80, verified.stdout
+    # The default decoder quantizes activations (accuracy_level 4): its INT4 weights are checked exactly on a
+    # level-0 copy (identical tokens required), the graph as shipped within its own bound (tokens shown).
+    assert "[int4 weights]" in verified.stdout and "[accuracy_level 4]" in verified.stdout
     token_rows = [line for line in verified.stdout.splitlines() if line.startswith("  greedy tokens")]
-    assert token_rows and all(" same " in row and " exact " in row for row in token_rows), token_rows
+    required = [row for row in token_rows if " exact " in row]
+    assert len(required) == len(token_rows) // 2 and all(" same " in row and row.endswith("pass") for row in required)
+    assert all(row.endswith("shown") for row in token_rows if row not in required), token_rows
     assert "vision step 1/" in exported.stderr and "decoder step 1/" in exported.stderr
     assert "Fused FastGelu" not in exported.stderr and "fused 4 FastGelu" in exported.stderr
     assert "verify: loading the export's graphs" in verified.stderr.splitlines()[0]  # said before the slow part
@@ -106,6 +111,18 @@ def test_readme_main_job_exports_and_verifies_both_graphs(tiny_dir, tmp_path):
     generated = run_cli("generate", out, "--prompt", command.group(1), "--image", ROOT / command.group(2), "--greedy",
                         check=True)
     assert generated.stdout.strip() == shown
+    # A lossy accuracy level hides no wrong weight: against another checkpoint the level-0 copy's rows fail.
+    from qvl_compile.families.qwen3_vl.fixtures import write_tiny_untrained
+
+    other = write_tiny_untrained(tmp_path / "other", seed=5)
+    wrong = run_cli("verify", out, "--model", other)
+    assert wrong.returncode == 1
+    failed_cases, case = set(), None
+    for line in wrong.stdout.splitlines():
+        case = line if not line.startswith(" ") else case
+        if line.endswith("FAIL"):
+            failed_cases.add(case)
+    assert any("[int4 weights]" in c for c in failed_cases), failed_cases
 
 
 def test_decoder_only_export_keeps_the_earlier_vision_graph(vision_export, tiny_dir, tmp_path):

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import decoder_parity, next_token_agreement, with_accuracy_level
 from qvl_compile.export.graph_weights import GraphWeights, dequantize_matmul_nbits, fake_quant_reference
-from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE
+from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE, int4_tolerance
 from qvl_compile.registry import family_named
 from qvl_compile.runtime.decoder import TextDecoder
 
@@ -54,8 +54,9 @@ def test_int4_decoder_matches_fake_quant_reference(int4_export, hf_model):
     assert decoder_parity(decoder, hf_model, FAMILY, steps=1, seed=21, parts=TEST_PROMPT).prefill_max_rel > 10 * INT4_TOLERANCE
 
 
-def test_accuracy_level_4_is_measured_not_hidden(int4_export, hf_model, tmp_path):
-    """accuracy_level 4 (int8 activations) drifts from the reference; it stays an opt-in."""
+def test_accuracy_level_4_drifts_within_its_own_bound(int4_export, hf_model, tmp_path):
+    """accuracy_level 4 (int8 activations, the default) drifts from the reference far beyond level 1's exactness,
+    and within the bound the export check and verify hold it to."""
     fast = tmp_path / "decoder.onnx"
     with_accuracy_level(int4_export / "decoder.onnx", 4, fast)
     facts = TextDecoder.from_export(int4_export).facts
@@ -63,7 +64,7 @@ def test_accuracy_level_4_is_measured_not_hidden(int4_export, hf_model, tmp_path
     exact = decoder_parity(TextDecoder.from_export(int4_export), reference, FAMILY, steps=2, seed=21, parts=TEST_PROMPT)
     drift = decoder_parity(TextDecoder(fast, facts), reference, FAMILY, steps=2, seed=21, parts=TEST_PROMPT)
     assert drift.prefill_max_rel > 100 * exact.prefill_max_rel
-    assert QuantOptions().accuracy_level == 1
+    assert drift.worst <= int4_tolerance(4), drift.worst
 
 
 def test_zeroing_deepstack_changes_the_logits(fp32_export, hf_model):

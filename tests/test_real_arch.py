@@ -32,7 +32,10 @@ def test_2b_int4_decoder_matches_its_fake_quant_reference(tmp_path):
     out = tmp_path / "out"
     export_model(model, out, component="decoder")  # raises on a parity failure
     check = json.loads((out / "manifest.json").read_text())["artifacts"]["decoder"]["export_check"]
-    assert check["accuracy_level_1_vs_fake_quant"]["tokens_identical"]
+    # The default accuracy level 4: the weights exact on a level-0 copy, the shipped graph within its own bound
+    # (measured 1.1e-2 of 5e-2, tokens identical, on the 28-layer 2B; AVX2 EPYC).
+    assert check["accuracy_level_0_vs_fake_quant"]["tokens_identical"]
+    assert check["accuracy_level_4_vs_fake_quant"]["decode_max_rel"] <= check["accuracy_level_4_vs_fake_quant"]["tolerance"]
     layers = json.loads((model / "config.json").read_text())["text_config"]["num_hidden_layers"]
     names = [f"layers.{i}.{p}.weight_t" for i in (0, layers - 1) for p in PROJECTIONS] + ["lm_head.weight_t"]
     _check_against_whole_graph_quantizer(model, out / "decoder.onnx", names)

@@ -37,7 +37,7 @@ def int4_in_small_chunks(tiny_dir, tmp_path_factory):
     previous, int4_weights.PACK_CHUNK_BYTES = int4_weights.PACK_CHUNK_BYTES, 1_000
     try:
         out = tmp_path_factory.mktemp("chunks") / "out"
-        export_model(tiny_dir, out, component="decoder")
+        export_model(tiny_dir, out, component="decoder", quant=QuantOptions(accuracy_level=1))
     finally:
         int4_weights.PACK_CHUNK_BYTES = previous
     return out
@@ -50,7 +50,7 @@ def test_int4_weights_are_bit_identical_to_matmul_nbits_quantizer(fp32_export, e
 
     int4_export = request.getfixturevalue(export_name)
 
-    options = QuantOptions()
+    options = QuantOptions(accuracy_level=1)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_export / "decoder.onnx")), bits=4, block_size=options.block_size,
                                      is_symmetric=options.symmetric, accuracy_level=options.accuracy_level)
