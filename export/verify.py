@@ -17,8 +17,18 @@ import torch
 from qvl_compile.config import ModelConfig
 from qvl_compile.contract import DecoderArtifact, VisionArtifact
 from qvl_compile.export.grids import GRID_MATRIX
-from qvl_compile.parity import (FP32, FP32_TOLERANCE, INT4_TOLERANCE, INT8_VISION, Criteria, ParityRow, compare,
-                                int4_tolerance, quantizes_activations, random_pixels)
+from qvl_compile.parity import (
+    FP32,
+    FP32_TOLERANCE,
+    INT4_TOLERANCE,
+    INT8_VISION,
+    Criteria,
+    ParityRow,
+    compare,
+    int4_tolerance,
+    quantizes_activations,
+    random_pixels,
+)
 from qvl_compile.registry import Family, family_named
 from qvl_compile.runtime.vision import VisionEncoder
 
