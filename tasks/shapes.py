@@ -155,13 +155,19 @@ def _ground(rng, sizes):
                 (draw((width, height), shapes),))
 
 
+def two_single_shapes(rng: np.random.Generator, sizes: ShapeSizes) -> tuple[tuple[Image.Image, Image.Image],
+                                                                            tuple[str, str]]:
+    """Two one-shape images of different colours: (first, second) images and their colours."""
+    first_color, second_color = (str(c) for c in rng.choice(list(COLORS), size=2, replace=False))
+    first, _ = single_shape(rng, sizes, first_color)
+    second, _ = single_shape(rng, sizes, second_color)
+    return (first, second), (first_color, second_color)
+
+
 def _two_images(rng, sizes):
-    first_color, second_color = rng.choice(list(COLORS), size=2, replace=False)
-    first, _ = single_shape(rng, sizes, str(first_color))
-    second, _ = single_shape(rng, sizes, str(second_color))
+    images, (first_color, second_color) = two_single_shapes(rng, sizes)
     asked, answer = (first_color, "first") if rng.integers(2) == 0 else (second_color, "second")
-    return Case("two_images", f"Which image shows the {asked} shape, the first or the second?", answer,
-                (first, second))
+    return Case("two_images", f"Which image shows the {asked} shape, the first or the second?", answer, images)
 
 
 def _motion(rng, sizes):

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from qvl_compile.tasks.shapes import COLORS, SPEC_SIZES, TASKS, Case, ShapeSizes, make_case, single_shape
-
-STEPPING_STONES = ("image_color",)
-TRAINING_TASKS = TASKS + STEPPING_STONES
+from qvl_compile.tasks.shapes import SPEC_SIZES, TASKS, Case, ShapeSizes, make_case, two_single_shapes
 
 
 def _image_color(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
-    first_color, second_color = rng.choice(list(COLORS), size=2, replace=False)
-    first, _ = single_shape(rng, sizes, str(first_color))
-    second, _ = single_shape(rng, sizes, str(second_color))
-    place, answer = ("first", first_color) if rng.integers(2) == 0 else ("second", second_color)
-    return Case("image_color", f"What color is the shape in the {place} image?", str(answer), (first, second))
+    images, colors = two_single_shapes(rng, sizes)
+    place = int(rng.integers(2))  # 0: the first image, 1: the second
+    return Case("image_color", f"What color is the shape in the {('first', 'second')[place]} image?", colors[place],
+                images)
+
+
+_MAKERS = {"image_color": _image_color}
+STEPPING_STONES = tuple(_MAKERS)
+TRAINING_TASKS = TASKS + STEPPING_STONES
 
 
 def make_training_case(task: str, rng: np.random.Generator, sizes: ShapeSizes = SPEC_SIZES) -> Case:
     """A suite case, or one of the stepping stones above."""
-    if task == "image_color":
-        return _image_color(rng, sizes)
+    if task in _MAKERS:
+        return _MAKERS[task](rng, sizes)
     return make_case(task, rng, sizes)
