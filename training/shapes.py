@@ -16,13 +16,14 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from qvl_compile.tasks.shapes import SPEC_SIZES, ShapeSizes
+from qvl_compile.training.batches import BatchSource
 from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
 
@@ -67,7 +68,16 @@ FINISHING_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.0), ("motion", 0.5), ("two_images", 0.5), ("image_color", 0.5),
            ("ground", 1.0), ("count", 4.0))),
 )
-RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES}
+
+# The grounding recipe continues from the finishing runs' checkpoint, with batches of 64 on a GPU (--device cuda
+# --workers N): grounding and two_images, the two tasks still at chance after them, at 2/3 of every batch, the
+# others replayed. Each got 20-40 thousand examples on two cores without leaving chance; this gives them several
+# times that in ten minutes.
+GROUNDING_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("image_color", 0.5),
+           ("two_images", 2.0), ("ground", 4.0))),
+)
+RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES}
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,12 @@ class TrainConfig:
     eval_every: int = 100
     save_every: int = 500
     held_out: int = 32  # cases per task for teacher-forced accuracy (and the stage gates)
+    device: str = "cpu"  # or "cuda"
+    workers: int = 0  # processes making batches ahead of the training step (0: made in line)
+    # > 0: after `calibration_steps`, set `steps` so the whole run takes about this many seconds (the chosen
+    # number is written to train_config.json; pass it as --steps to repeat the run exactly)
+    time_budget: float = 0.0
+    calibration_steps: int = 100
 
 
 def _lr(config: TrainConfig, step: int) -> float:
@@ -96,13 +112,6 @@ def _lr(config: TrainConfig, step: int) -> float:
         return config.lr
     progress = (step - decay_start) / max(1.0, config.steps - decay_start)
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _task_probabilities(stage: Stage) -> tuple[list[str], np.ndarray]:
-    weights = dict(stage.tasks)
-    names = [t for t in TRAINING_TASKS if weights.get(t, 0) > 0]
-    p = np.asarray([weights[t] for t in names], np.float64)
-    return names, p / p.sum()
 
 
 def _stage_passed(stage: Stage, steps_in_stage: int, accuracy: dict[str, float]) -> bool:
@@ -127,31 +136,74 @@ def _forward(model, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_forced_accuracy(model, encoder, cases) -> dict[str, float]:
-    """Share of held-out cases whose every reply token is the argmax (the greedy reply, without decoding)."""
+def teacher_forced_accuracy(model, examples, pad_id: int, device: str = "cpu") -> dict[str, float]:
+    """Share of held-out examples whose every reply token is the argmax (the greedy reply, without decoding)."""
     model.eval()
     right: dict[str, list[bool]] = {}
-    for start in range(0, len(cases), 16):
-        examples = [encoder.encode(c) for c in cases[start:start + 16]]
-        batch = collate(examples, encoder.pad_id, model.config.image_token_id, model.config.video_token_id)
+    for start in range(0, len(examples), 16):
+        chunk = examples[start:start + 16]
+        batch = _on(collate(chunk, pad_id, model.config.image_token_id, model.config.video_token_id), device)
         logits = _forward(model, batch)
         predicted, labels = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
         ok = ((predicted == labels) | (labels == IGNORE)).all(1)
-        for example, correct in zip(examples, ok.tolist()):
+        for example, correct in zip(chunk, ok.tolist()):
             right.setdefault(example.task, []).append(correct)
     model.train()
     return {task: float(np.mean(v)) for task, v in right.items()}
 
 
+def _on(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()} if device != "cpu" else batch
+
+
 def _save(model, out_dir: Path, step: int, config: TrainConfig) -> None:
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
                if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
     tmp = out_dir / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step), "seed": str(config.seed)})
     tmp.replace(out_dir / "model.safetensors")
     torch.save({"step": step}, out_dir / "train_state.pt")
+
+
+def _record_config(out_dir: Path, config: TrainConfig, start_from) -> None:
+    recorded = {**asdict(config), "start_from": str(start_from) if start_from else None}
+    (out_dir / "train_config.json").write_text(json.dumps(recorded, indent=2) + "\n")
+
+
+def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+
+
+def _train_step(model, optimizer, batch: dict, lr: float) -> list[float]:
+    """One optimizer step on one batch; -> each example's loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = per_example_loss(_forward(model, batch), batch["labels"])
+    optimizer.zero_grad(set_to_none=True)
+    losses.mean().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return losses.tolist()
+
+
+def _calibrated(config: TrainConfig, done: int, seconds: float) -> TrainConfig:
+    """The run's length chosen from the speed of its first steps, to end within config.time_budget."""
+    per_step = seconds / done
+    steps = max(done + 1, int(config.time_budget / per_step))
+    log.info("%.3f s per step over the first %d steps: %d steps fit in %.0f s", per_step, done, steps,
+             config.time_budget)
+    return replace(config, steps=min(config.steps, steps) if config.steps else steps)
+
+
+def _held_out_examples(config: TrainConfig, encoder: ExampleEncoder) -> dict[str, list]:
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    return {task: [encoder.encode(make_training_case(task, rng)) for _ in range(config.held_out)]
+            for task in TRAINING_TASKS}
 
 
 def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | None = None) -> Path:
@@ -164,54 +216,44 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     torch.set_num_threads(config.threads)
     if not (out_dir / "config.json").is_file():
         write_tiny_untrained(out_dir, seed=config.seed)
-    model = load_full_model(Path(start_from or out_dir)).train()
+    model = load_full_model(Path(start_from or out_dir)).to(config.device).train()
     encoder = ExampleEncoder(out_dir)
-    image_id, video_id = model.config.image_token_id, model.config.video_token_id
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
-    held_rng = np.random.default_rng(HELD_OUT_SEED)
-    held_out = {task: [make_training_case(task, held_rng) for _ in range(config.held_out)] for task in TRAINING_TASKS}
-    rng = np.random.default_rng(config.seed)
-    recorded = {**asdict(config), "start_from": str(start_from) if start_from else None}
-    (out_dir / "train_config.json").write_text(json.dumps(recorded, indent=2) + "\n")
+    ids = (model.config.image_token_id, model.config.video_token_id)
+    optimizer = _optimizer(model, config)
+    held_out = _held_out_examples(config, encoder)
+    batches = BatchSource(out_dir, encoder, config.seed, config.batch, ids, config.workers)
+    _record_config(out_dir, config, start_from)
     log_file = (out_dir / "train_log.jsonl").open("a")
     window: dict[str, list[float]] = {}
     started = time.time()
-    stage_index, stage_start = 0, 0
-    for step in range(config.steps):
+    stage_index, stage_start, step = 0, 0, 0
+    while step < config.steps:
         stage = config.stages[stage_index]
-        names, p = _task_probabilities(stage)
-        tasks = rng.choice(names, size=config.batch, p=p)
-        examples = [encoder.encode(make_training_case(str(t), rng, stage.sizes)) for t in tasks]
-        batch = collate(examples, encoder.pad_id, image_id, video_id)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(config, step)
-        losses = per_example_loss(_forward(model, batch), batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        losses.mean().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        for example, loss in zip(examples, losses.tolist()):
-            window.setdefault(example.task, []).append(loss)
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            record = {"step": done, "seconds": round(time.time() - started, 1), "lr": _lr(config, step),
+        tasks, batch = batches.get(step, stage, config.steps)
+        losses = _train_step(model, optimizer, _on(batch, config.device), _lr(config, step))
+        for task, loss in zip(tasks, losses):
+            window.setdefault(task, []).append(loss)
+        step += 1
+        if config.time_budget and step == config.calibration_steps:
+            config = _calibrated(config, step, time.time() - started)
+            _record_config(out_dir, config, start_from)
+        if step % config.log_every == 0 or step == config.steps:
+            record = {"step": step, "seconds": round(time.time() - started, 1), "lr": _lr(config, step - 1),
                       "stage": stage_index, "loss": {t: round(float(np.mean(v)), 4) for t, v in sorted(window.items())}}
             window = {}
-            if done % config.eval_every == 0 or done == config.steps:
-                cases = [case for task in names for case in held_out[task]]
-                accuracy = teacher_forced_accuracy(model, encoder, cases)
-                record["held_out_accuracy"] = accuracy
-                if stage_index + 1 < len(config.stages) and _stage_passed(stage, done - stage_start, accuracy):
-                    stage_index, stage_start = stage_index + 1, done
+            if step % config.eval_every == 0 or step == config.steps:
+                examples = [e for task, weight in stage.tasks if weight > 0 for e in held_out[task]]
+                record["held_out_accuracy"] = accuracy = teacher_forced_accuracy(model, examples, encoder.pad_id,
+                                                                                 config.device)
+                if stage_index + 1 < len(config.stages) and _stage_passed(stage, step - stage_start, accuracy):
+                    stage_index, stage_start = stage_index + 1, step
                     record["next_stage"] = stage_index
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             log.info("%s", json.dumps(record))
-        if done % config.save_every == 0 or done == config.steps:
-            _save(model, out_dir, done, config)
+        if step % config.save_every == 0 or step == config.steps:
+            _save(model, out_dir, step, config)
+    batches.close()
     log_file.close()
     return out_dir
 
@@ -226,11 +268,19 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--start-from", help="a checkpoint folder to continue from")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="full",
-                        help="full: the curriculum from scratch; finish: continue a full run (with --start-from)")
+                        help="full: the curriculum from scratch; finish, grounding: continue a full run "
+                             "(with --start-from; docs/training.md)")
+    parser.add_argument("--device", default=TrainConfig.device, help="cpu or cuda")
+    parser.add_argument("--workers", type=int, default=TrainConfig.workers,
+                        help="processes making batches ahead of the training step")
+    parser.add_argument("--time-budget", type=float, default=TrainConfig.time_budget,
+                        help="seconds: choose --steps (as a cap) from the speed of the first steps")
+    parser.add_argument("--held-out", type=int, default=TrainConfig.held_out, help="held-out cases per task")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                         stages=RECIPES[args.recipe])
+                         stages=RECIPES[args.recipe], device=args.device, workers=args.workers,
+                         time_budget=args.time_budget, held_out=args.held_out)
     train(args.out_dir, config, args.start_from)
 
 
