@@ -1,34 +1,37 @@
 #!/usr/bin/env bash
-# The grounding recipe on one GPU (docs/training.md, "The GPU run"): two learning rates side by side from the
-# committed checkpoint, each fitted to BUDGET seconds. Run from the repository root on a machine with torch,
-# transformers, tokenizers, jinja2, numpy and Pillow (the package itself need not be installed):
+# A recipe on one GPU (docs/training.md, "GPU runs"): one run per learning rate, side by side, each fitted to BUDGET
+# seconds. Run from the repository root on a machine with torch, transformers, tokenizers, jinja2, numpy and Pillow
+# (the package itself need not be installed):
 #
-#     bash training/gpu_run.sh OUT [BUDGET]
+#     [RECIPE=grounding] [LRS="5e-4 1e-3"] [SEED=3] [START=checkpoint folder] bash training/gpu_run.sh OUT [BUDGET]
 #
+# START defaults to the committed checkpoint (`qvl-compile tiny`).
 # OUT receives, per learning rate, the weights in parts of at most 15 MB (lr<LR>.safetensors.part-aa, -ab: join
 # them with cat) and runs.tar (each run's train_config.json, train_log.jsonl and console output).
 set -euo pipefail
-out=${1:?usage: gpu_run.sh OUT [BUDGET]}
+out=$(realpath "${1:?usage: gpu_run.sh OUT [BUDGET]}")
 budget=${2:-450}
 device=${DEVICE:-cuda} batch=${BATCH:-64}  # DEVICE=cpu BATCH=4 for a dry run on a laptop
+recipe=${RECIPE:-grounding} lrs=${LRS:-5e-4 1e-3} seed=${SEED:-3} start=${START:+$(realpath "$START")}
 work=$(mktemp -d)
 
 # The package as setuptools maps it (pyproject.toml's package-dir), without installing it.
 mkdir -p "$work/pkg" && cp -r qvl_compile "$work/pkg/"
-for d in rewrite export families runtime golden tasks training serve; do ln -s "$PWD/$d" "$work/pkg/qvl_compile/$d"; done
+for d in rewrite export families runtime golden tasks training serve; do cp -r "$d" "$work/pkg/qvl_compile/$d"; done
 export PYTHONPATH="$work/pkg" PYTHONUNBUFFERED=1
+cd "$work"  # python -m puts the working folder first on the path: the checkout's qvl_compile/ alone would shadow it
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-python3 -m qvl_compile.cli tiny "$work/base"
+[ -n "$start" ] || { start="$work/base"; python3 -m qvl_compile.cli tiny "$start"; }
 
-for lr in 5e-4 1e-3; do
-    timeout $((budget + 90)) python3 -m qvl_compile.training.shapes "$work/lr$lr" --recipe grounding \
-        --start-from "$work/base" --batch "$batch" --lr "$lr" --seed 3 --device "$device" --workers 6 \
+for lr in $lrs; do
+    timeout $((budget + 90)) python3 -m qvl_compile.training.shapes "$work/lr$lr" --recipe "$recipe" \
+        --start-from "$start" --batch "$batch" --lr "$lr" --seed "$seed" --device "$device" --workers 6 \
         --time-budget "$budget" --held-out 64 > "$work/lr$lr.console.txt" 2>&1 &
 done
 wait || true
 
-for lr in 5e-4 1e-3; do
+for lr in $lrs; do
     run="$work/lr$lr"
     tail -n 2 "$run.console.txt"
     cp "$run.console.txt" "$run/console.txt"

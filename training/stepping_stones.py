@@ -1,14 +1,24 @@
 """Training-only tasks that are not in the suite: each builds a feature a suite task needs and cannot find alone.
 
 `image_color` ("What color is the shape in the second image?") asks the model to read one image of two by its
-place. two_images ("Which image shows the blue shape, ...?") then only has to compare that colour with the one
-asked for; learned directly it never left chance (docs/training.md).
+place. `two_images_red` and `two_images_rgb` are the suite's two_images with the colour asked drawn from one and
+then three colours: learned directly, two_images never left chance, and through these it reached 100%
+(docs/training.md, "Which image").
 """
 from __future__ import annotations
 
 import numpy as np
 
-from qvl_compile.tasks.shapes import SPEC_SIZES, TASKS, Case, ShapeSizes, make_case, two_single_shapes
+from qvl_compile.tasks.shapes import (
+    COLORS,
+    SPEC_SIZES,
+    TASKS,
+    Case,
+    ShapeSizes,
+    make_case,
+    single_shape,
+    two_single_shapes,
+)
 
 
 def _image_color(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
@@ -18,7 +28,24 @@ def _image_color(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
                 images)
 
 
-_MAKERS = {"image_color": _image_color}
+def _two_images_asking(name: str, colors: tuple[str, ...]):
+    """two_images with the asked colour drawn from `colors` only. Asked about all six, the answer is an equality
+    (the second image's colour == the asked one) that no single feature predicts, and the loss sat at chance
+    (ln 2 / 2) through every run; asked about red alone it is "is the second image red", a single feature."""
+    def make(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+        asked = str(rng.choice(colors))
+        other = str(rng.choice([c for c in COLORS if c != asked]))
+        place = int(rng.integers(2))  # where the asked colour goes: 0 the first image, 1 the second
+        colors_in_order = (asked, other) if place == 0 else (other, asked)
+        images = tuple(single_shape(rng, sizes, color)[0] for color in colors_in_order)
+        return Case(name, f"Which image shows the {asked} shape, the first or the second?",
+                    ("first", "second")[place], images)
+    return make
+
+
+_RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
+_MAKERS = {"image_color": _image_color, "two_images_red": _two_images_asking("two_images_red", _RED),
+           "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN)}
 STEPPING_STONES = tuple(_MAKERS)
 TRAINING_TASKS = TASKS + STEPPING_STONES
 

@@ -1,0 +1,37 @@
+"""The trainer's stepping stones are well-formed suite-style cases: the colour asked comes from the stone's own
+set, the answer names the image that shows it, and the image pair is drawn as two_images draws it."""
+import numpy as np
+import pytest
+
+from qvl_compile.tasks.shapes import COLORS
+from qvl_compile.training.stepping_stones import STEPPING_STONES, TRAINING_TASKS, make_training_case
+
+CASES = 40
+
+
+def _colors_of(image) -> set[str]:
+    pixels = {tuple(p) for p in np.asarray(image.convert("RGB")).reshape(-1, 3).tolist()}
+    return {name for name, rgb in COLORS.items() if tuple(rgb) in pixels}
+
+
+@pytest.mark.parametrize("stone, allowed", [("two_images_red", {"red"}), ("two_images_rgb", {"red", "blue", "green"})])
+def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(stone, allowed):
+    rng = np.random.default_rng(7)
+    asked_seen, answers = set(), []
+    for _ in range(CASES):
+        case = make_training_case(stone, rng)
+        asked = case.prompt.split("shows the ")[1].split(" shape")[0]
+        assert case.prompt == f"Which image shows the {asked} shape, the first or the second?"
+        first, second = (_colors_of(image) for image in case.images)
+        assert len(first) == 1 and len(second) == 1 and first != second
+        assert asked in (first | second)
+        assert case.answer == ("first" if asked in first else "second")
+        asked_seen.add(asked)
+        answers.append(case.answer)
+    assert asked_seen <= allowed and len(asked_seen) == len(allowed)
+    assert 0.25 < answers.count("first") / CASES < 0.75  # both places, not one answer learned as a prior
+
+
+def test_stones_are_training_tasks_beside_the_suite():
+    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb"}
+    assert set(STEPPING_STONES) <= set(TRAINING_TASKS)

@@ -1,0 +1,36 @@
+"""A training batch depends only on (seed, step, stage): made in a worker process or in line, it is the same, so a
+GPU run with workers and a CPU run without them draw the same cases."""
+import numpy as np
+import torch
+
+from qvl_compile.tasks.shapes import SPEC_SIZES
+from qvl_compile.training.batches import BatchSource, make_batch
+from qvl_compile.training.examples import ExampleEncoder
+from qvl_compile.training.shapes import Stage
+
+STAGE = Stage((("color", 1.0), ("two_images_red", 1.0), ("motion", 1.0)), sizes=SPEC_SIZES)
+OTHER_STAGE = Stage((("count", 1.0),), sizes=SPEC_SIZES)
+
+
+def _same(a, b) -> bool:
+    (tasks_a, batch_a), (tasks_b, batch_b) = a, b
+    return tasks_a == tasks_b and batch_a.keys() == batch_b.keys() and all(
+        torch.equal(batch_a[k], batch_b[k]) for k in batch_a)
+
+
+def test_a_batch_made_by_a_worker_equals_the_one_made_in_line(tiny_dir):
+    encoder = ExampleEncoder(tiny_dir)
+    ids = (5, 6)
+    source = BatchSource(tiny_dir, encoder, seed=11, size=6, ids=ids, workers=1, ahead=3)
+    try:
+        from_worker = [source.get(step, STAGE, last_step=10) for step in range(3)]
+        # a stage change re-makes the steps already asked for under the earlier stage
+        after_change = source.get(3, OTHER_STAGE, last_step=10)
+    finally:
+        source.close()
+    in_line = [make_batch(encoder, STAGE, 11, step, 6, ids) for step in range(3)]
+    assert all(_same(a, b) for a, b in zip(from_worker, in_line))
+    assert not _same(in_line[0], in_line[1])  # each step its own stream
+    assert set(after_change[0]) == {"count"}
+    assert _same(after_change, make_batch(encoder, OTHER_STAGE, 11, 3, 6, ids))
+    assert np.isin(in_line[0][0], ["color", "two_images_red", "motion"]).all()
