@@ -1,5 +1,7 @@
 """The trainer's stepping stones are well-formed suite-style cases: the colour asked comes from the stone's own
 set, the answer names the image that shows it, and the image pair is drawn as two_images draws it."""
+import json
+
 import numpy as np
 import pytest
 
@@ -33,5 +35,21 @@ def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(ston
 
 
 def test_stones_are_training_tasks_beside_the_suite():
-    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb"}
+    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one"}
     assert set(STEPPING_STONES) <= set(TRAINING_TASKS)
+
+
+def test_ground_one_boxes_the_only_shape_in_qwen_coordinates():
+    rng = np.random.default_rng(8)
+    for _ in range(CASES):
+        case = make_training_case("ground_one", rng)
+        (image,) = case.images
+        (reply,) = json.loads(case.answer)
+        assert case.prompt == f"Locate the {reply['label']}."
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+        ys, xs = np.nonzero((pixels != 255).any(-1))  # everything drawn: the one shape
+        width, height = image.size
+        drawn = [1000 * xs.min() / width, 1000 * ys.min() / height, 1000 * (xs.max() + 1) / width,
+                 1000 * (ys.max() + 1) / height]
+        slack = 2 * 1000 / min(width, height)  # two pixels: antialiased edges, rounding to integers
+        assert np.allclose(reply["bbox_2d"], drawn, atol=slack), (reply, drawn)

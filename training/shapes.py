@@ -91,8 +91,15 @@ CONSOLIDATING_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.5), ("count", 2.0), ("motion", 0.5), ("image_color", 0.5),
            ("two_images_rgb", 0.5), ("two_images", 3.0), ("ground", 1.0))),
 )
+# A pilot for grounding (docs/training.md, "What is left: grounding"): one shape per image first, where the box is
+# where the coloured patches are, beside the suite's ground and the solved tasks.
+GROUNDING_ONE_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 1.0),
+           ("ground_one", 4.0), ("ground", 1.0))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
-           "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES}
+           "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
+           "grounding_one": GROUNDING_ONE_STAGES}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from qvl_compile.tasks.shapes import (
     TASKS,
     Case,
     ShapeSizes,
+    grounding_reply,
     make_case,
     single_shape,
     two_single_shapes,
@@ -43,9 +44,16 @@ def _two_images_asking(name: str, colors: tuple[str, ...]):
     return make
 
 
+def _ground_one(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+    """Grounding with one shape in the image: the box is then where the coloured patches are, with nothing to
+    match first (the suite's ground has 1 to 3 shapes and asks for one by its label)."""
+    image, shape = single_shape(rng, sizes)
+    return Case("ground_one", f"Locate the {shape.label}.", grounding_reply(shape, *image.size), (image,))
+
+
 _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
 _MAKERS = {"image_color": _image_color, "two_images_red": _two_images_asking("two_images_red", _RED),
-           "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN)}
+           "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN), "ground_one": _ground_one}
 STEPPING_STONES = tuple(_MAKERS)
 TRAINING_TASKS = TASKS + STEPPING_STONES
 
