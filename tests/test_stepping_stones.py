@@ -35,7 +35,7 @@ def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(ston
 
 
 def test_stones_are_training_tasks_beside_the_suite():
-    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one"}
+    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one", "shape_side"}
     assert set(STEPPING_STONES) <= set(TRAINING_TASKS)
 
 
@@ -53,3 +53,17 @@ def test_ground_one_boxes_the_only_shape_in_qwen_coordinates():
                  1000 * (ys.max() + 1) / height]
         slack = 2 * 1000 / min(width, height)  # two pixels: antialiased edges, rounding to integers
         assert np.allclose(reply["bbox_2d"], drawn, atol=slack), (reply, drawn)
+
+
+def test_shape_side_names_the_half_that_holds_the_shapes_centre():
+    rng = np.random.default_rng(9)
+    answers = []
+    for _ in range(CASES):
+        case = make_training_case("shape_side", rng)
+        (image,) = case.images
+        _, xs = np.nonzero((np.asarray(image.convert("RGB")) != 255).any(-1))
+        centre = (xs.min() + xs.max() + 1) / 2
+        if abs(centre - image.size[0] / 2) > 2:  # two pixels off the middle: the side is plain in the picture
+            assert case.answer == ("left" if centre < image.size[0] / 2 else "right"), (centre, image.size)
+        answers.append(case.answer)
+    assert set(answers) == {"left", "right"}

@@ -97,9 +97,14 @@ GROUNDING_ONE_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 1.0),
            ("ground_one", 4.0), ("ground", 1.0))),
 )
+# A second pilot: the position readout alone first (shape_side), beside ground_one.
+SHAPE_SIDE_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.0), ("motion", 0.5), ("two_images", 0.5),
+           ("shape_side", 3.0), ("ground_one", 3.0))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
            "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
-           "grounding_one": GROUNDING_ONE_STAGES}
+           "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES}
 
 
 @dataclass(frozen=True)

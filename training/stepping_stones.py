@@ -51,9 +51,18 @@ def _ground_one(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     return Case("ground_one", f"Locate the {shape.label}.", grounding_reply(shape, *image.size), (image,))
 
 
+def _shape_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+    """Which half the one shape's centre is in: the coarsest position readout, one bit of what a box needs."""
+    image, shape = single_shape(rng, sizes)
+    x1, _, x2, _ = shape.box
+    side = "left" if (x1 + x2) / 2 < image.size[0] / 2 else "right"
+    return Case("shape_side", "Is the shape on the left or on the right?", side, (image,))
+
+
 _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
 _MAKERS = {"image_color": _image_color, "two_images_red": _two_images_asking("two_images_red", _RED),
-           "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN), "ground_one": _ground_one}
+           "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN), "ground_one": _ground_one,
+           "shape_side": _shape_side}
 STEPPING_STONES = tuple(_MAKERS)
 TRAINING_TASKS = TASKS + STEPPING_STONES
 
