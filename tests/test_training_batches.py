@@ -34,3 +34,23 @@ def test_a_batch_made_by_a_worker_equals_the_one_made_in_line(tiny_dir):
     assert set(after_change[0]) == {"count"}
     assert _same(after_change, make_batch(encoder, OTHER_STAGE, 11, 3, 6, ids))
     assert np.isin(in_line[0][0], ["color", "two_images_red", "motion"]).all()
+
+
+def test_the_position_embedding_steps_at_its_own_multiple_of_the_learning_rate(tiny_dir):
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
+    from qvl_compile.training.shapes import POSITION_EMBEDDING, TrainConfig, _held_out_examples, _optimizer
+
+    model = load_full_model(tiny_dir)
+    config = TrainConfig(lr=1e-3, position_lr_scale=20.0, stages=(STAGE,), held_out=2)
+    optimizer = _optimizer(model, config)
+    position = dict(model.named_parameters())[next(n for n, _ in model.named_parameters()
+                                                    if n.endswith(POSITION_EMBEDDING))]
+    scales = [(group["lr_scale"], len(group["params"])) for group in optimizer.param_groups]
+    assert scales[-1] == (20.0, 1) and optimizer.param_groups[-1]["params"][0] is position
+    assert sum(count for _, count in scales) == len(list(model.parameters()))  # every parameter in one group
+    # held-out cases: only the recipe's tasks are encoded, and a task's cases do not depend on the recipe
+    held_out = _held_out_examples(config, ExampleEncoder(tiny_dir))
+    assert set(held_out) == {"color", "two_images_red", "motion"}
+    other = _held_out_examples(TrainConfig(stages=(OTHER_STAGE, STAGE), held_out=2), ExampleEncoder(tiny_dir))
+    assert all(np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.video_rows[0], b.video_rows[0])
+               for a, b in zip(held_out["motion"], other["motion"]))
