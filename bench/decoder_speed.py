@@ -1,7 +1,8 @@
-"""Decoder speed, side by side in one run: our ONNX decoder, onnxruntime-genai's builder output, PyTorch eager.
+"""Decoder speed, side by side in one run: our ONNX decoder, onnxruntime-genai's builder output, llama.cpp,
+PyTorch eager.
 
     python bench/decoder_speed.py --ours OUT_DIR [--ours-level 4] [--compare-copy] [--also LABEL=OUT_DIR2]
-        [--genai GENAI_DIR] [--torch MODEL_DIR]
+        [--genai GENAI_DIR] [--llama-bench BINARY --gguf MODEL.gguf] [--torch MODEL_DIR]
         [--context 512] [--decode-tokens 32] [--prefill 1000] [--repeats 3] [--threads 2]
 
 Workloads (text tokens; random ids, the speed of a decoder does not depend on them):
@@ -111,6 +112,36 @@ def _genai_with_threads(model_dir: Path, threads: int):
     return overlay
 
 
+class LlamaCpp:
+    """llama.cpp's own benchmark (`llama-bench`) on a GGUF made by its own converter and quantizer
+    (docs/perf/llama_cpp.md). llama-bench draws its own random tokens; each call loads the model (not timed) and
+    measures one repetition after its warm-up."""
+
+    def __init__(self, llama_bench: Path, gguf: Path, threads: int):
+        if not llama_bench.is_file() or not gguf.is_file():
+            raise SystemExit(f"--llama-bench {llama_bench} and --gguf {gguf}: expected an existing binary and GGUF file")
+        self.binary, self.gguf, self.threads = llama_bench, gguf, threads
+        self.name = f"llama.cpp ({gguf.name})"
+
+    def _run(self, prompt: int, generate: int, depth: int) -> dict:
+        import json
+        import subprocess
+
+        command = [str(self.binary), "-m", str(self.gguf), "-p", str(prompt), "-n", str(generate), "-d", str(depth),
+                   "-t", str(self.threads), "-r", "1", "-o", "json"]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"llama-bench failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        (result,) = json.loads(done.stdout)
+        return result
+
+    def prefill(self, ids: np.ndarray) -> float:
+        return self._run(len(ids), 0, 0)["avg_ns"] / 1e9
+
+    def decode(self, ids: np.ndarray, steps: int) -> float:
+        return self._run(0, steps, len(ids))["avg_ts"]
+
+
 class Torch:
     def __init__(self, model_dir: Path, threads: int):
         import torch
@@ -175,6 +206,8 @@ def make_competitors(args) -> list:
     if args.genai:
         longest = max(args.prefill, max(args.context) + args.decode_tokens) + 8
         competitors.append(Genai(args.genai, args.threads, longest))
+    if args.llama_bench or args.gguf:
+        competitors.append(LlamaCpp(Path(args.llama_bench or ""), Path(args.gguf or ""), args.threads))
     if args.torch:
         competitors.append(Torch(args.torch, args.threads))
     return competitors
@@ -191,6 +224,8 @@ def main() -> None:
                         help="another export of ours, e.g. one made with --no-fuse-rms-norm (repeatable)")
     parser.add_argument("--genai", type=Path)
     parser.add_argument("--torch", type=Path, help="checkpoint folder for PyTorch eager")
+    parser.add_argument("--llama-bench", help="llama.cpp's llama-bench binary (with --gguf; docs/perf/llama_cpp.md)")
+    parser.add_argument("--gguf", help="the GGUF llama-bench runs, e.g. Q4_0 from llama.cpp's own converter")
     parser.add_argument("--context", type=int, nargs="+", default=[512], help="decode context lengths")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--prefill", type=int, default=1000, help="prefill length (0: skip the prefill workload)")

@@ -2,6 +2,7 @@
 # One command for the performance tables and plots in docs/perf/ (Qwen3-VL-2B architecture, random weights).
 #   pip install torch==2.13.0 -e '.[export,bench]'
 #   bash bench/suite.sh WORK_DIR        # about 45 minutes on 2 cores; the decoder export peaks near 21 GB
+#   LLAMA_CPP=/path/to/llama.cpp bash bench/suite.sh WORK_DIR   # also llama.cpp, built as docs/perf/llama_cpp.md says
 # Steps whose output folder exists are skipped, so a rerun only re-measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +21,20 @@ if [ ! -d "$work/e2e" ]; then
   qvl-compile export "$work/r2b" "$work/e2e" --component vision --vision-quant int8
 fi
 [ -d "$work/genai" ] || python -m onnxruntime_genai.models.builder -m "$work/r2b" -o "$work/genai" -p int4 -e cpu
+# llama.cpp (optional): its own converter and quantizer make the GGUF (docs/perf/llama_cpp.md)
+llama=()
+if [ -n "${LLAMA_CPP:-}" ]; then
+  [ -f "$work/r2b-f16.gguf" ] || python bench/llama_cpp_convert.py "$LLAMA_CPP" "$work/r2b" --outfile "$work/r2b-f16.gguf" --outtype f16
+  [ -f "$work/r2b-q4_0.gguf" ] || "$LLAMA_CPP/build/bin/llama-quantize" "$work/r2b-f16.gguf" "$work/r2b-q4_0.gguf" Q4_0 "$threads"
+  llama=(--llama-bench "$LLAMA_CPP/build/bin/llama-bench" --gguf "$work/r2b-q4_0.gguf")
+fi
 
 python bench/bandwidth.py --threads "$threads" --export "$work/decoder-int4" --context 512 | tee "$out/bandwidth_2b.txt"
 python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" \
   --names "ours fp32" "ours int8" --threads "$threads" --markdown "$out/vision_2b.md" --plot "$out/vision_2b_latency.png"
-python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-level 4 --genai "$work/genai" \
-  --torch "$work/r2b" --threads "$threads" | tee "$out/decoder_2b.md"
-python bench/decoder_speed.py --ours "$work/decoder-int4" --ours-level 4 --genai "$work/genai" --prefill 0 \
+python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-level 1 --genai "$work/genai" \
+  "${llama[@]}" --torch "$work/r2b" --threads "$threads" | tee "$out/decoder_2b.md"
+python bench/decoder_speed.py --ours "$work/decoder-int4" --genai "$work/genai" "${llama[@]}" --prefill 0 \
   --context 128 512 1024 2048 --repeats 2 --threads "$threads" --plot "$out/decoder_2b_context.png" \
   | tee "$out/decoder_2b_context.md"
 python bench/e2e_speed.py --ours "$work/e2e" --torch "$work/r2b" --size 448 --new-tokens 64 --threads "$threads" \

@@ -102,9 +102,16 @@ SHAPE_SIDE_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.0), ("count", 1.0), ("motion", 0.5), ("two_images", 0.5),
            ("shape_side", 3.0), ("ground_one", 3.0))),
 )
+# A third: each edge of the box as its own answer (shape_edge), beside the side and ground_one, the solved tasks
+# replayed at the weights that kept them in the which_image runs.
+EDGE_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 1.0),
+           ("shape_side", 1.0), ("shape_edge", 4.0), ("ground_one", 1.5))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
            "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
-           "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES}
+           "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES,
+           "edges": EDGE_STAGES}
 
 
 @dataclass(frozen=True)

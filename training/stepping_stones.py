@@ -59,10 +59,24 @@ def _shape_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     return Case("shape_side", "Is the shape on the left or on the right?", side, (image,))
 
 
+_EDGES = {"left": (0, "width"), "top": (1, "height"), "right": (2, "width"), "bottom": (3, "height")}
+
+
+def _shape_edge(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+    """One number of a box alone: the asked edge of the one shape, as the grounding reply writes it (0..1000 of the
+    image's width or height). In the suite's reply the digits are 12 of about 33 tokens; here they are the answer."""
+    image, shape = single_shape(rng, sizes)
+    edge = str(rng.choice(list(_EDGES)))
+    index, across = _EDGES[edge]
+    size = image.size[0] if across == "width" else image.size[1]
+    return Case("shape_edge", f"Where is the {edge} edge of the shape?", str(round(1000 * shape.box[index] / size)),
+                (image,))
+
+
 _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
 _MAKERS = {"image_color": _image_color, "two_images_red": _two_images_asking("two_images_red", _RED),
            "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN), "ground_one": _ground_one,
-           "shape_side": _shape_side}
+           "shape_side": _shape_side, "shape_edge": _shape_edge}
 STEPPING_STONES = tuple(_MAKERS)
 TRAINING_TASKS = TASKS + STEPPING_STONES
 
