@@ -50,10 +50,13 @@ def _load(ctx: ExportContext):
     return ctx.family.load_skeleton(ctx.model_dir)  # placeholders: the weights stream in when written
 
 
-def _rewrite(ctx: ExportContext, hf_model):
-    decoder = ctx.family.text_decoder(hf_model, ctx.config)  # the skeleton stays whole: it is the reference
-    ctx.weight_bytes = sum(p.numel() * 4 for p in decoder.parameters())  # as float32
-    return decoder
+def _rewriter(options: QuantOptions):
+    def rewrite(ctx: ExportContext, hf_model):
+        # the skeleton stays whole: it is the reference
+        decoder = ctx.family.text_decoder(hf_model, ctx.config, fused_rotary=options.fused_rotary)
+        ctx.weight_bytes = sum(p.numel() * 4 for p in decoder.parameters())  # as float32
+        return decoder
+    return rewrite
 
 
 def _example_inputs(ctx: ExportContext) -> tuple:
@@ -86,9 +89,10 @@ def _dynamic_shapes(ctx: ExportContext) -> tuple:
 def _translation_table() -> dict:
     import torch
 
-    from qvl_compile.export.onnx_functions import cached_attention_onnx
+    from qvl_compile.export.onnx_functions import cached_attention_onnx, mrope_rotate_onnx
 
-    return {torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx}
+    return {torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx,
+            torch.ops.qvl_compile.mrope_rotate.default: mrope_rotate_onnx}
 
 
 def _weight_plan(options: QuantOptions):
@@ -159,7 +163,7 @@ def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
     steps = (Step(CHECK_STAGE, check_graph), Step("verify against transformers (weights streamed)", _verifier(options)))
     passes = (GraphPass("fuse RMSNorm (onnxruntime.transformers)", _fuse_rms_norm),) if options.fuse_rms_norm else ()
     return ComponentSpec(
-        name="decoder", file_name=DECODER_FILE, load=_load, rewrite=_rewrite, example_inputs=_example_inputs,
+        name="decoder", file_name=DECODER_FILE, load=_load, rewrite=_rewriter(options), example_inputs=_example_inputs,
         dynamic_shapes=_dynamic_shapes, input_names=inputs, output_names=outputs, dim_names=dims,
         translation_table=_translation_table, steps=steps, describe=_describe(options),
         weight_plan=_weight_plan(options), streamed=True, graph_passes=passes,

@@ -7,6 +7,8 @@ No mask is ever built: cost is sum over frames of (h*w)^2, and a single image ta
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnxscript
 from onnxscript import FLOAT, INT64
 from onnxscript import opset18 as op
@@ -58,3 +60,12 @@ def cached_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, past_key: FLOA
     out, present_key, present_value = msft.GroupQueryAttention(
         query, key, value, past_key, past_value, seqlens_k, total_length, num_heads=num_heads, kv_num_heads=kv_heads)
     return out, present_key, present_value
+
+
+@onnxscript.script(default_opset=op)
+def mrope_rotate_onnx(x: FLOAT, row_index: INT64, cos_rows: FLOAT, sin_rows: FLOAT, num_heads: int,
+                      mrope_section: Sequence[int]) -> FLOAT:
+    """`qvl_compile::mrope_rotate` as onnxruntime's MRotaryEmbedding, interleaved sections (mrope_layout 1),
+    rotate-half pairs (interleaved=0); `row_index` indexes the per-call rows (rewrite/rotary.py)."""
+    return msft.MRotaryEmbedding(x, row_index, cos_rows, sin_rows, num_heads=num_heads, mrope_section=mrope_section,
+                                 mrope_layout=1, interleaved=0)

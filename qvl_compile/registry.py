@@ -63,7 +63,7 @@ class Family:
     def vision_tower(self, hf_visual):
         raise NotImplementedError
 
-    def text_decoder(self, hf_model, config: "ModelConfig", consume: bool = False):
+    def text_decoder(self, hf_model, config: "ModelConfig", consume: bool = False, fused_rotary: bool = False):
         raise NotImplementedError
 
     def decoder_projections(self, config: "ModelConfig") -> int:

@@ -22,6 +22,7 @@ from torch import nn
 
 from qvl_compile.config import TextConfig
 from qvl_compile.rewrite.attention import cached_attention
+from qvl_compile.rewrite.rotary import mrope_rotate, mrope_rows
 
 
 class TransposedLinear(nn.Module):
@@ -69,7 +70,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RewrittenDecoderLayer(nn.Module):
-    def __init__(self, hf_layer: nn.Module, config: TextConfig, consume: bool = False):
+    def __init__(self, hf_layer: nn.Module, config: TextConfig, consume: bool = False, fused_rotary: bool = False):
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
         self.input_layernorm, self.post_attention_layernorm = hf_layer.input_layernorm, hf_layer.post_attention_layernorm
@@ -80,16 +81,25 @@ class RewrittenDecoderLayer(nn.Module):
             TransposedLinear(getattr(mlp, name), consume) for name in ("gate_proj", "up_proj", "down_proj"))
         self.act = mlp.act_fn
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.fused_rotary, self.mrope_section = fused_rotary, list(config.mrope_section)
 
-    def forward(self, x, cos, sin, past_key, past_value, attention_mask):
+    def _rotate(self, x: torch.Tensor, heads: int, rotary: tuple) -> torch.Tensor:
+        """x [B, S, heads, hd] -> rotated [B, S, heads*hd]: one MRotaryEmbedding op, or the elementwise form."""
+        batch, seq = x.shape[:2]
+        flat = x.reshape(batch, seq, heads * self.head_dim)
+        if self.fused_rotary:
+            return mrope_rotate(flat, *rotary, heads, self.mrope_section)
+        cos, sin = rotary
+        return (x * cos + _rotate_half(x) * sin).reshape(batch, seq, heads * self.head_dim)
+
+    def forward(self, x, rotary, past_key, past_value, attention_mask):
+        """rotary: (cos, sin) [B, S, 1, hd], or with fused_rotary (row_index, cos_rows, sin_rows) (`mrope_rows`)."""
         batch, seq, _ = x.shape
         h = self.input_layernorm(x)
         q = self.q_norm(self.q_proj(h).view(batch, seq, self.heads, self.head_dim))  # [B, S, heads, hd]
         k = self.k_norm(self.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim))  # [B, S, kv, hd]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
         attn, key, value = cached_attention(
-            q.reshape(batch, seq, self.heads * self.head_dim), k.reshape(batch, seq, self.kv_heads * self.head_dim),
+            self._rotate(q, self.heads, rotary), self._rotate(k, self.kv_heads, rotary),
             self.v_proj(h), past_key, past_value, attention_mask, self.heads, self.kv_heads,
         )  # [B, S, heads*hd], present [B, kv, max(P, T), hd] x2
         x = x + self.o_proj(attn)
@@ -100,12 +110,16 @@ class RewrittenDecoderLayer(nn.Module):
 
 class RewrittenTextDecoder(nn.Module):
     def __init__(self, hf_model: nn.Module, config: TextConfig, image_token_id: int, video_token_id: int,
-                 num_deepstack: int, consume: bool = False):
-        """`consume=True` moves the projection weights out of `hf_model` (unusable afterwards): export only."""
+                 num_deepstack: int, consume: bool = False, fused_rotary: bool = False):
+        """`consume=True` moves the projection weights out of `hf_model` (unusable afterwards): export only.
+        `fused_rotary`: rotary as one `qvl_compile::mrope_rotate` op per tensor (onnxruntime's MRotaryEmbedding);
+        interleaved sections only (Qwen3-VL's), otherwise the elementwise form is kept."""
         super().__init__()
         text = hf_model.model.language_model
         self.embed_tokens = text.embed_tokens.weight  # [vocab, H]
-        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config, consume) for layer in text.layers)
+        self.fused_rotary = fused_rotary and config.mrope_interleaved
+        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config, consume, self.fused_rotary)
+                                    for layer in text.layers)
         self.norm = text.norm
         # A tied lm_head gets its own [H, vocab] copy, so it can be quantized apart from the embedding table.
         self.lm_head = TransposedLinear(hf_model.lm_head, consume)
@@ -136,10 +150,13 @@ class RewrittenTextDecoder(nn.Module):
         zero = visual_embeds.new_zeros(1, self.hidden)
         merged = torch.cat([zero, visual_embeds], dim=0)[row].view(batch, seq, self.hidden)  # [B, S, H]
         x = torch.where(visual.view(batch, seq, 1), merged, x)
-        cos, sin = self.rotary(position_ids)
+        if self.fused_rotary:
+            rotary = mrope_rows(position_ids, self.inv_freq, self.attention_scaling)  # once, for every layer
+        else:
+            rotary = self.rotary(position_ids)
         presents_k, presents_v = [], []
         for index, layer in enumerate(self.layers):
-            x, key, value = layer(x, cos, sin, past_keys[index], past_values[index], attention_mask)
+            x, key, value = layer(x, rotary, past_keys[index], past_values[index], attention_mask)
             presents_k.append(key)
             presents_v.append(value)
             if index < self.num_deepstack:

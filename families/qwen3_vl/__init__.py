@@ -55,13 +55,14 @@ class Qwen3VL(Family):
 
         return RewrittenVisionTower(hf_visual).eval()
 
-    def text_decoder(self, hf_model, config: ModelConfig, consume: bool = False):
+    def text_decoder(self, hf_model, config: ModelConfig, consume: bool = False, fused_rotary: bool = False):
         """The rewritten decoder; with `consume` the projections move out of `hf_model`, and the vision
         tower (0.4B parameters at 2B size, not needed by the decoder graph) is dropped."""
         from qvl_compile.rewrite.decoder import RewrittenTextDecoder
 
         decoder = RewrittenTextDecoder(hf_model, config.text, config.image_token_id, config.video_token_id,
-                                       config.vision.num_deepstack, consume=consume).eval()
+                                       config.vision.num_deepstack, consume=consume,
+                                       fused_rotary=fused_rotary).eval()
         if consume:
             hf_model.model.visual = None
         return decoder
