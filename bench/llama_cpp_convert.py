@@ -11,6 +11,7 @@ the whole recipe.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import runpy
 import sys
@@ -37,7 +38,7 @@ def main() -> None:
     if not converter.is_file():
         sys.exit(f"{llama_cpp}: expected llama.cpp's source tree (convert_hf_to_gguf.py), not found")
     sys.path[:0] = [str(llama_cpp / "gguf-py"), str(llama_cpp)]
-    from conversion import base  # llama.cpp's converter package
+    base = importlib.import_module("conversion.base")  # llama.cpp's converter package, from the tree just added
 
     base.TextModel.get_vocab_base_pre = _qwen2_when_unknown(base.TextModel.get_vocab_base_pre)
     sys.argv = [str(converter), *sys.argv[2:]]
