@@ -35,7 +35,8 @@ def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(ston
 
 
 def test_stones_are_training_tasks_beside_the_suite():
-    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one", "shape_side"}
+    assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one", "shape_side",
+                                    "shape_edge"}
     assert set(STEPPING_STONES) <= set(TRAINING_TASKS)
 
 
@@ -67,3 +68,22 @@ def test_shape_side_names_the_half_that_holds_the_shapes_centre():
             assert case.answer == ("left" if centre < image.size[0] / 2 else "right"), (centre, image.size)
         answers.append(case.answer)
     assert set(answers) == {"left", "right"}
+
+
+def test_shape_edge_is_the_asked_edge_of_the_drawn_shape():
+    """The answer is the asked box edge in Qwen coordinates, read here from the drawn pixels (a circle or triangle
+    touches its box's edges within a pixel or two)."""
+    rng = np.random.default_rng(10)
+    asked = []
+    for _ in range(CASES):
+        case = make_training_case("shape_edge", rng)
+        (image,) = case.images
+        edge = case.prompt.removeprefix("Where is the ").removesuffix(" edge of the shape?")
+        ys, xs = np.nonzero((np.asarray(image.convert("RGB")) != 255).any(-1))
+        width, height = image.size
+        drawn = {"left": 1000 * xs.min() / width, "top": 1000 * ys.min() / height,
+                 "right": 1000 * (xs.max() + 1) / width, "bottom": 1000 * (ys.max() + 1) / height}[edge]
+        scale = 1000 / (width if edge in ("left", "right") else height)
+        assert abs(int(case.answer) - drawn) <= 3 * scale + 1, (edge, case.answer, drawn)
+        asked.append(edge)
+    assert set(asked) == {"left", "top", "right", "bottom"}
