@@ -117,12 +117,20 @@ def _fuse_rms_norm(ctx: ExportContext, proto: onnx.ModelProto) -> None:
         raise QvlError(f"expected {expected} fused RMSNorms, onnxruntime's fusion made {sum(counts.values())}")
 
 
+def _kv_cache_quantizer(ctx: ExportContext) -> None:
+    from qvl_compile.export.kv_calibration import quantize_graph_kv_cache
+
+    source = checkpoint_source(ctx.reference, ctx.reader)
+    ctx.record["kv_cache"] = quantize_graph_kv_cache(ctx.path, ctx.reference, decoder_shape(ctx), ctx.family,
+                                                     ctx.target, source=source)
+
+
 def _verifier(options: QuantOptions):
     def verify(ctx: ExportContext) -> None:
         source = checkpoint_source(ctx.reference, ctx.reader)
         ctx.record["export_check"] = verify_decoder_graph(ctx.path, ctx.reference, decoder_shape(ctx), ctx.family,
                                                           options.mode, options.accuracy_level, ctx.target,
-                                                          source=source)
+                                                          source=source, kv_cache=options.kv_cache)
     return verify
 
 
@@ -132,6 +140,7 @@ def _describe(options: QuantOptions):
             "quant": {"mode": options.mode, "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                       "quantize_lm_head": options.quantize_lm_head, "symmetric": options.symmetric,
                       "quantize_embedding": options.quantize_embedding,
+                      "kv_cache": ctx.record.get("kv_cache", {"dtype": "fp32"}),
                       "op_counts": ctx.record.get("op_counts", {})},
             **asdict(decoder_shape(ctx)),
             "image_token_id": ctx.config.image_token_id,
@@ -160,7 +169,9 @@ def _io_names(layers: int) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, 
 def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
     options.validate()
     inputs, outputs, dims = _io_names(config.text.num_hidden_layers)
-    steps = (Step(CHECK_STAGE, check_graph), Step("verify against transformers (weights streamed)", _verifier(options)))
+    kv_int8 = (Step("int8 KV cache (calibrated per channel)", _kv_cache_quantizer),) if options.kv_cache == "int8" else ()
+    steps = (*kv_int8, Step(CHECK_STAGE, check_graph),
+             Step("verify against transformers (weights streamed)", _verifier(options)))
     passes = (GraphPass("fuse RMSNorm (onnxruntime.transformers)", _fuse_rms_norm),) if options.fuse_rms_norm else ()
     return ComponentSpec(
         name="decoder", file_name=DECODER_FILE, load=_load, rewrite=_rewriter(options), example_inputs=_example_inputs,

@@ -25,6 +25,9 @@ class QuantOptions:
     # Off by default: at 2B size it decoded 0.95x the elementwise form (20.75 against 21.86 tokens/s at 512
     # context, 6 interleaved rounds, AMD EPYC AVX-512; README, "Text decoder").
     fused_rotary: bool = False
+    # The attention's KV cache: "int8" stores keys and values as int8 with calibrated per-channel scales
+    # (export.kv_cache_int8), reading a quarter of the fp32 cache's bytes per decoded token.
+    kv_cache: str = "fp32"
 
     def validate(self) -> None:
         if self.mode not in ("int4", "fp32"):
@@ -33,3 +36,5 @@ class QuantOptions:
             raise QvlError(f"--block-size: expected one of 16, 32, 64, 128, 256, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise QvlError(f"--accuracy-level: expected 0..4, got {self.accuracy_level}")
+        if self.kv_cache not in ("fp32", "int8"):
+            raise QvlError(f"--kv-cache: expected fp32 or int8, got {self.kv_cache!r}")

@@ -22,8 +22,9 @@ import torch
 from qvl_compile.contract import CPU_FP32, DecoderShape, Target
 from qvl_compile.errors import QvlError
 from qvl_compile.export.graph_weights import fake_quant_reference, quantized_weights
+from qvl_compile.export.kv_cache_int8 import cache_dtype, fp32_kv_cache
 from qvl_compile.export.streamed_reference import Source, stream_parameters, with_overrides
-from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE, int4_tolerance, max_rel, quantizes_activations
+from qvl_compile.parity import FP32_TOLERANCE, INT4_TOLERANCE, is_lossy, max_rel, shipped_tolerance
 from qvl_compile.registry import Family
 from qvl_compile.runtime.decoder import TextDecoder
 
@@ -104,19 +105,23 @@ def decoder_parity(decoder: TextDecoder, reference_model, family: Family, steps:
 # --- INT4 levels and the export's check -------------------------------------------------------------
 
 def with_accuracy_level(graph_path, level: int, out_path) -> None:
-    """A copy of the graph (sharing its external weight file) whose MatMulNBits use `level`."""
+    """A copy of the graph (sharing its external weight file) whose MatMulNBits use `level` and whose KV cache is
+    fp32 (an int8 cache's rewrite undone: `export.kv_cache_int8`)."""
     model = onnx.load(str(graph_path), load_external_data=False)
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
             for attr in node.attribute:
                 if attr.name == "accuracy_level":
                     attr.i = level
+    if cache_dtype(model) == "int8":
+        fp32_kv_cache(model)
     onnx.save_model(model, str(out_path))
 
 
 @contextlib.contextmanager
 def accuracy_level_copy(graph_path: Path, level: int) -> Iterator[Path]:
-    """A temporary copy of the graph beside it (so it finds the same weight file) at `level`; removed after."""
+    """A temporary copy of the graph beside it (so it finds the same weight file) at `level`, fp32 KV cache;
+    removed after."""
     copy_path = graph_path.with_name(f"{graph_path.stem}.accuracy{level}.tmp.onnx")
     with_accuracy_level(graph_path, level, copy_path)
     try:
@@ -154,52 +159,58 @@ def decoder_reference(path: Path, hf_model, family: Family, mode: str, source: S
 
 
 def verify_decoder_graph(path, hf_model, shape: DecoderShape, family: Family, mode: str, accuracy_level: int,
-                         target: Target = CPU_FP32, steps: int = 16, source: Source | None = None) -> dict:
+                         target: Target = CPU_FP32, steps: int = 16, source: Source | None = None,
+                         kv_cache: str = "fp32") -> dict:
     """Raise on a parity failure; return the measured figures for the manifest.
 
     fp32: the graph against transformers. int4: against transformers carrying the graph's dequantized
-    weights (1e-3, identical greedy tokens) with fp32 activations. Levels that quantize activations
-    (`parity.quantizes_activations`) check the weights on an accuracy_level 0 copy first, then the requested
-    level against `parity.int4_tolerance(level)`; their greedy-token agreement is measured and recorded.
+    weights (1e-3, identical greedy tokens) with fp32 activations. Lossy graphs (`parity.is_lossy`: levels that
+    quantize activations, an int8 KV cache) check the weights on an accuracy_level 0, fp32-cache copy first,
+    then the graph as shipped against `parity.shipped_tolerance`; its greedy-token agreement is recorded.
     `source`: stream the weights into a skeleton `hf_model` (see `decoder_reference`).
     """
     with decoder_reference(Path(path), hf_model, family, mode, source) as reference:
-        return _verify(Path(path), reference, shape, family, mode, accuracy_level, target, steps)
+        return _verify(Path(path), reference, shape, family, mode, accuracy_level, target, steps, kv_cache)
+
+
+def _names(mode: str, accuracy_level: int, kv_cache: str) -> tuple[str, str]:
+    """(the exact check's record key, the shipped graph's record key)."""
+    exact = "vs_transformers" if mode == "fp32" else "accuracy_level_0_vs_fake_quant"
+    shipped = "" if mode == "fp32" else f"accuracy_level_{accuracy_level}_"
+    shipped += "int8_kv_" if kv_cache == "int8" else ""
+    return exact, shipped + ("vs_transformers" if mode == "fp32" else "vs_fake_quant")
 
 
 def _verify(path: Path, reference, shape: DecoderShape, family: Family, mode: str, accuracy_level: int,
-            target: Target, steps: int) -> dict:
+            target: Target, steps: int, kv_cache: str) -> dict:
     providers = [target.execution_provider]
-    if mode == "fp32":
-        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, FP32_TOLERANCE)
-        _raise_unless(parity, "fp32 decoder vs transformers")
-        return {"vs_transformers": parity.summary()}
-    if not quantizes_activations(accuracy_level):  # check the graph as it is
-        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, INT4_TOLERANCE)
-        _raise_unless(parity, f"int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers")
-        return {f"accuracy_level_{accuracy_level}_vs_fake_quant": parity.summary()}
-    exact = _exact_weights_parity(path, reference, shape, family, providers, steps)
+    exact_tolerance = FP32_TOLERANCE if mode == "fp32" else INT4_TOLERANCE
+    exact_key, shipped_key = _names(mode, accuracy_level, kv_cache)
+    if not is_lossy(mode, accuracy_level, kv_cache):  # check the graph as it is
+        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, exact_tolerance)
+        _raise_unless(parity, f"{mode} decoder (accuracy_level {accuracy_level}) vs its reference")
+        return {shipped_key: parity.summary()}
+    exact = _exact_weights_parity(path, reference, shape, family, providers, steps, exact_tolerance)
     gc.collect()  # release the first session's weights before loading the second
     decoder = TextDecoder(path, shape, providers)
-    level = decoder_parity(decoder, reference, family, steps, int4_tolerance(accuracy_level))
-    if not level.worst <= level.tolerance:
-        _raise_unless(level, f"int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers")
+    shipped = decoder_parity(decoder, reference, family, steps, shipped_tolerance(mode, accuracy_level, kv_cache))
+    if not shipped.worst <= shipped.tolerance:
+        _raise_unless(shipped, f"{mode} decoder (accuracy_level {accuracy_level}, {kv_cache} KV cache) vs its reference")
     agree, total = next_token_agreement(decoder, reference, family)
-    if level.onnx_tokens != level.reference_tokens or agree != total:
-        log.warning("accuracy_level %d: logits within %.1e of the fake-quant reference, greedy tokens %s, "
-                    "next-token agreement %d/%d; accuracy_level 0 or 1 keeps fp32 activations",
-                    accuracy_level, level.worst, "identical" if level.onnx_tokens == level.reference_tokens
-                    else "differ", agree, total)
-    return {"accuracy_level_0_vs_fake_quant": exact.summary(),
-            f"accuracy_level_{accuracy_level}_vs_fake_quant": level.summary() | {"prefill_argmax_agreement": [agree, total]}}
+    if shipped.onnx_tokens != shipped.reference_tokens or agree != total:
+        log.warning("accuracy_level %d, %s KV cache: logits within %.1e of the reference, greedy tokens %s, "
+                    "next-token agreement %d/%d; accuracy_level 0 or 1 and an fp32 cache are exact",
+                    accuracy_level, kv_cache, shipped.worst, "identical" if shipped.onnx_tokens ==
+                    shipped.reference_tokens else "differ", agree, total)
+    return {exact_key: exact.summary(), shipped_key: shipped.summary() | {"prefill_argmax_agreement": [agree, total]}}
 
 
 def _exact_weights_parity(path: Path, reference, shape: DecoderShape, family: Family, providers: list[str],
-                          steps: int) -> DecoderParity:
-    """The INT4 weights checked on an accuracy_level 0 copy (fp32 activations) of the graph; raises on failure."""
+                          steps: int, tolerance: float) -> DecoderParity:
+    """The weights checked on an accuracy_level 0, fp32-cache copy of the graph; raises on failure."""
     with accuracy_level_copy(path, 0) as exact_path:
-        parity = decoder_parity(TextDecoder(exact_path, shape, providers), reference, family, steps, INT4_TOLERANCE)
-    _raise_unless(parity, "int4 weights (accuracy_level 0) vs fake-quant transformers")
+        parity = decoder_parity(TextDecoder(exact_path, shape, providers), reference, family, steps, tolerance)
+    _raise_unless(parity, "the weights (accuracy_level 0, fp32 KV cache) vs their reference")
     return parity
 
 

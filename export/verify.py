@@ -25,9 +25,9 @@ from qvl_compile.parity import (
     Criteria,
     ParityRow,
     compare,
-    int4_tolerance,
-    quantizes_activations,
+    is_lossy,
     random_pixels,
+    shipped_tolerance,
 )
 from qvl_compile.registry import Family, family_named
 from qvl_compile.runtime.vision import VisionEncoder
@@ -95,10 +95,13 @@ DECODER_STEPS = 16
 
 
 def decoder_tolerance(artifact: DecoderArtifact) -> float:
-    """fp32: vs transformers. int4: vs transformers with the graph's dequantized weights, at its accuracy level."""
-    if artifact.quant.get("mode") == "int4":
-        return int4_tolerance(_accuracy_level(artifact))
-    return FP32_TOLERANCE
+    """fp32: vs transformers. int4: vs transformers with the graph's dequantized weights, at its accuracy level;
+    wider with an int8 KV cache."""
+    return shipped_tolerance(artifact.quant.get("mode", "fp32"), _accuracy_level(artifact), _kv_cache(artifact))
+
+
+def _kv_cache(artifact: DecoderArtifact) -> str:
+    return artifact.quant.get("kv_cache", {}).get("dtype", "fp32")
 
 
 def _accuracy_level(artifact: DecoderArtifact) -> int:
@@ -108,7 +111,8 @@ def _accuracy_level(artifact: DecoderArtifact) -> int:
 def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -> list[ParityRow]:
     """fp32 and INT4 at fp32 activations: logits within tolerance and identical greedy tokens. INT4 at a level
     that quantizes activations (lossy by design): its weights on an accuracy_level 0 copy as above, then the graph
-    as shipped within `int4_tolerance(level)`, its greedy tokens reported but not required to match."""
+    as shipped within `int4_tolerance(level)`, its greedy tokens reported but not required to match. An int8 KV
+    cache is lossy too: the exact rows run on a copy with an fp32 cache."""
     from qvl_compile.export.checkpoint_files import CheckpointReader
     from qvl_compile.export.decoder_verify import accuracy_level_copy, decoder_reference
     from qvl_compile.export.streamed_reference import checkpoint_source
@@ -119,16 +123,19 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
     skeleton = family.load_skeleton(model_dir)
     source = checkpoint_source(skeleton, CheckpointReader(model_dir))
     graph, mode = export_dir / artifact.graph, artifact.quant.get("mode", "fp32")
-    lossy = mode == "int4" and quantizes_activations(_accuracy_level(artifact))
+    lossy = is_lossy(mode, _accuracy_level(artifact), _kv_cache(artifact))
     with decoder_reference(graph, skeleton, family, mode, source) as reference:
         if not lossy:
             return _decoder_case_rows(decoder, reference, family, seed, decoder_tolerance(artifact))
+        label = f"accuracy_level {_accuracy_level(artifact)}" if mode == "int4" else "as shipped"
         shipped = _decoder_case_rows(decoder, reference, family, seed, decoder_tolerance(artifact),
-                                     label=f"accuracy_level {_accuracy_level(artifact)}", tokens_required=False)
+                                     label=label + (", int8 KV cache" if _kv_cache(artifact) == "int8" else ""),
+                                     tokens_required=False)
         del decoder  # one session at a time: real-size decoders are gigabytes
         with accuracy_level_copy(graph, 0) as exact_graph:
             exact = _decoder_case_rows(TextDecoder(exact_graph, artifact.shape), reference, family, seed,
-                                       INT4_TOLERANCE, label="int4 weights")
+                                       INT4_TOLERANCE if mode == "int4" else FP32_TOLERANCE,
+                                       label=f"{mode} weights" + (", fp32 KV cache" if _kv_cache(artifact) == "int8" else ""))
         return exact + shipped  # the weights' rows first: they are the ones that must match exactly
 
 

@@ -12,6 +12,8 @@ from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import check_source_stamp, make_session
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}
+
 
 @dataclass
 class KVCache:
@@ -46,6 +48,8 @@ class TextDecoder:
         past_k, past_v, present_k, present_v = facts.cache_names
         self._past = list(zip(past_k, past_v))
         self._present = [name for pair in zip(present_k, present_v) for name in pair]
+        # float32, or int8 for a graph whose attention quantizes its cache (export.kv_cache_int8)
+        self.cache_dtype = _ORT_DTYPES[{i.name: i.type for i in self.session.get_inputs()}[past_k[0]]]
         # The contract says how the cache is fed: format-1 exports before in-place caching migrate to "grown".
         self.supports_in_place = kv_cache == KV_IN_PLACE
         self.placeholder_ids: tuple[int, ...] = ()  # image/video pad ids, checked against visual_embeds when set
@@ -71,8 +75,8 @@ class TextDecoder:
             raise QvlError("this decoder.onnx has no attention_mask input (exported before in-place KV caching); "
                            "re-export it with qvl-compile export, or use empty_cache() without a capacity")
         shape = (batch, f.num_key_value_heads, rows, f.head_dim)
-        keys = [np.zeros(shape, np.float32) for _ in range(f.num_layers)]
-        values = [np.zeros(shape, np.float32) for _ in range(f.num_layers)]
+        keys = [np.zeros(shape, self.cache_dtype) for _ in range(f.num_layers)]
+        values = [np.zeros(shape, self.cache_dtype) for _ in range(f.num_layers)]
         if capacity is None:
             return KVCache(keys, values)
         bound = [(ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v)) for k, v in zip(keys, values)]

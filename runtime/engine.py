@@ -138,9 +138,10 @@ class Engine:
         decoder = pipeline.decoder
         facts = decoder.facts
         shape = (config.max_batch, facts.num_key_value_heads, config.context, facts.head_dim)  # [slots, kv, rows, hd]
-        self.keys = [np.zeros(shape, np.float32) for _ in range(facts.num_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(facts.num_layers)]
-        self.kv_bytes = 2 * facts.num_layers * int(np.prod(shape)) * 4
+        dtype = decoder.cache_dtype  # float32, or int8 for an export with an int8 KV cache
+        self.keys = [np.zeros(shape, dtype) for _ in range(facts.num_layers)]
+        self.values = [np.zeros(shape, dtype) for _ in range(facts.num_layers)]
+        self.kv_bytes = 2 * facts.num_layers * int(np.prod(shape)) * np.dtype(dtype).itemsize
         self.slots: list[Job | None] = [None] * config.max_batch
         self.waiting: collections.deque[Job] = collections.deque()
         self.vision_cache = VisionCache(config.vision_cache_bytes)
