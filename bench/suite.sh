@@ -15,6 +15,7 @@ mkdir -p "$work" "$out"
 [ -d "$work/vision-fp32" ] || qvl-compile export "$work/r2b" "$work/vision-fp32" --component vision
 [ -d "$work/vision-int8" ] || qvl-compile export "$work/r2b" "$work/vision-int8" --component vision --vision-quant int8
 [ -d "$work/decoder-int4" ] || qvl-compile export "$work/r2b" "$work/decoder-int4" --component decoder
+[ -d "$work/decoder-int4-kv8" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-kv8" --component decoder --kv-cache int8
 # The end-to-end runner: the INT4 decoder plus the int8 vision graph in one folder (export keeps the decoder).
 if [ ! -d "$work/e2e" ]; then
   cp -r "$work/decoder-int4" "$work/e2e"
@@ -37,5 +38,8 @@ python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-
 python bench/decoder_speed.py --ours "$work/decoder-int4" --genai "$work/genai" "${llama[@]}" --prefill 0 \
   --context 128 512 1024 2048 --repeats 2 --threads "$threads" --plot "$out/decoder_2b_context.png" \
   | tee "$out/decoder_2b_context.md"
+python bench/decoder_speed.py --ours "$work/decoder-int4" --also "ours, int8 KV cache=$work/decoder-int4-kv8" \
+  --prefill 1000 --context 128 512 1024 2048 --repeats 3 --threads "$threads" | tee "$out/decoder_2b_kv_cache.md"
+python bench/kv_cache_prefill.py --tokens 256 1000 2000 --threads "$threads" | tee "$out/kv_cache_prefill_2b.md"
 python bench/e2e_speed.py --ours "$work/e2e" --torch "$work/r2b" --size 448 --new-tokens 64 --threads "$threads" \
   | tee "$out/e2e_2b.md"

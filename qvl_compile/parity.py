@@ -53,7 +53,7 @@ def shipped_tolerance(mode: str, accuracy_level: int, kv_cache: str = "fp32") ->
     """The max rel bound of a decoder graph as shipped against its reference (transformers, with the graph's
     dequantized weights for int4)."""
     base = int4_tolerance(accuracy_level) if mode == "int4" else FP32_TOLERANCE
-    return base + (KV_INT8_TOLERANCE if kv_cache == "int8" else 0.0)
+    return round(base + (KV_INT8_TOLERANCE if kv_cache == "int8" else 0.0), 6)
 
 
 def int4_tolerance(accuracy_level: int) -> float:
