@@ -1,6 +1,7 @@
 """End to end, side by side: one image and a short prompt in, N greedy tokens out.
 
     python bench/e2e_speed.py --ours OUT_DIR --torch MODEL_DIR [--size 448] [--new-tokens 64] [--repeats 3]
+        [--llama-mtmd llama.cpp/build/bin/llama-mtmd-cli --gguf MODEL.gguf --mmproj MMPROJ.gguf]
 
 Each runner lives in its own worker process (peak RSS is its own) and uses its own preprocessing: ours
 the torch-free runtime (preprocess, vision graph, INT4 decoder with the in-place KV cache), PyTorch
@@ -8,6 +9,12 @@ transformers' PIL image processor and `generate()` (eager, sdpa, fp32). The prom
 token-id level (12 text tokens, the image's placeholders, 8 text tokens) because random-weight
 checkpoints ship no tokenizer. Reported: time to first token (image decode excluded, preprocessing
 included) and total time for `--new-tokens` tokens (EOS ignored so both produce exactly N).
+
+llama.cpp (optional; docs/perf/llama_cpp.md) runs its own multimodal CLI, `llama-mtmd-cli`, once per round on the
+same image saved as PNG, its chat template around a short prompt, `--temp 0 --ignore-eos`. Its model load is left
+out, as ours is: the times are read from its own log, time to first token = the image's encoding + the prompt's
+evaluation (image and text tokens), total = that + its evaluation of the generated tokens. Its peak RSS is that of
+its processes.
 """
 from __future__ import annotations
 
@@ -109,24 +116,57 @@ def _torch(model_dir: str, threads: int):
     return run
 
 
+# llama.cpp's log lines: mtmd-helper's encoding time, llama_perf_context_print's evaluation times
+_LLAMA_TIMES = {"encode": r"slice encoded in (\d+) ms", "prompt": r"prompt eval time =\s+([\d.]+) ms",
+                "eval": r"\beval time =\s+([\d.]+) ms / +(\d+) runs"}
+
+
+def _llama(paths: str, threads: int):
+    import re
+    import subprocess
+    import tempfile
+
+    binary, gguf, mmproj = paths.split("|")
+    folder = tempfile.mkdtemp(prefix="e2e_llama_")
+
+    def run(image, new_tokens: int) -> tuple[float, float]:
+        image_path = Path(folder) / "image.png"
+        image.save(image_path)
+        done = subprocess.run([binary, "-m", gguf, "--mmproj", mmproj, "--image", str(image_path), "-p",
+                               "Describe the image.", "-n", str(new_tokens), "-t", str(threads), "--temp", "0",
+                               "--ignore-eos", "--no-warmup"], capture_output=True, text=True, check=True)
+        log = done.stdout + done.stderr
+        found = {name: re.findall(pattern, log) for name, pattern in _LLAMA_TIMES.items()}
+        if not all(found.values()):
+            raise RuntimeError(f"llama-mtmd-cli: timings not found in its log: {log[-2000:]}")
+        first = (sum(float(t) for t in found["encode"]) + float(found["prompt"][-1])) / 1000
+        return first, first + float(found["eval"][-1][0]) / 1000
+
+    return run
+
+
 def _worker(kind: str, path: str, threads: int, size: int, conn) -> None:
     import resource
 
     from PIL import Image
 
-    run = (_ours if kind == "ours" else _torch)(path, threads)
+    run = {"ours": _ours, "torch": _torch, "llama": _llama}[kind](path, threads)
     image = Image.open(SAMPLE).convert("RGB").resize((size, size))
     run(image, 2)  # warm-up
     conn.send("ready")
     while (request := conn.recv()) != "stop":
         conn.send(run(image, request))
-    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    usage = resource.RUSAGE_CHILDREN if kind == "llama" else resource.RUSAGE_SELF
+    conn.send(resource.getrusage(usage).ru_maxrss / 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", type=Path, required=True, help="export folder with vision and decoder")
     parser.add_argument("--torch", type=Path, help="checkpoint folder for PyTorch eager")
+    parser.add_argument("--llama-mtmd", type=Path, help="llama.cpp's llama-mtmd-cli (with --gguf and --mmproj)")
+    parser.add_argument("--gguf", type=Path, help="the language model GGUF llama-mtmd-cli runs, e.g. Q4_0")
+    parser.add_argument("--mmproj", type=Path, help="the vision tower GGUF from llama.cpp's converter (--mmproj)")
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -136,6 +176,11 @@ def main() -> None:
     runners = {"ours (torch-free runtime)": ("ours", args.ours)}
     if args.torch:
         runners["PyTorch eager sdpa (transformers generate)"] = ("torch", args.torch)
+    if args.llama_mtmd:
+        if not (args.gguf and args.mmproj):
+            parser.error("--llama-mtmd needs --gguf and --mmproj")
+        runners[f"llama.cpp ({args.gguf.name}, {args.mmproj.name})"] = (
+            "llama", f"{args.llama_mtmd}|{args.gguf}|{args.mmproj}")
     ctx, workers = mp.get_context("spawn"), {}
     for name, (kind, path) in runners.items():
         conn, child = ctx.Pipe()

@@ -210,7 +210,7 @@ def verify(export_dir: Path, model_dir: Path, seed: int, grids: tuple[str, ...])
         click.echo(line)
     failed = [r for r in rows if not r.passed]
     click.echo("max rel err = max |onnx - torch| / max |torch|; greedy tokens must be identical")
-    click.echo("(shown, not required, at an accuracy level that quantizes activations or with an int8 KV cache)")
+    click.echo("(shown, not required, where activations or the KV cache are quantized)")
     if failed:
         _fail(f"{len(failed)} of {len(rows)} parity checks failed")
     click.echo(f"all {len(rows)} parity checks passed")
