@@ -43,3 +43,14 @@ python bench/decoder_speed.py --ours "$work/decoder-int4" --also "ours, int8 KV 
 python bench/kv_cache_prefill.py --tokens 256 1000 2000 --threads "$threads" | tee "$out/kv_cache_prefill_2b.md"
 python bench/e2e_speed.py --ours "$work/e2e" --torch "$work/r2b" --size 448 --new-tokens 64 --threads "$threads" \
   | tee "$out/e2e_2b.md"
+# The default export end to end (fp32 vision, INT4 decoder) against llama.cpp's own multimodal CLI
+if [ -n "${LLAMA_CPP:-}" ]; then
+  [ -f "$work/r2b-mmproj-f32.gguf" ] || python bench/llama_cpp_convert.py "$LLAMA_CPP" "$work/r2b" --outfile "$work/r2b-mmproj-f32.gguf" --outtype f32 --mmproj
+  if [ ! -d "$work/e2e-default" ]; then
+    cp -r "$work/decoder-int4" "$work/e2e-default"
+    qvl-compile export "$work/r2b" "$work/e2e-default" --component vision
+  fi
+  python bench/e2e_speed.py --ours "$work/e2e-default" --torch "$work/r2b" --llama-mtmd "$LLAMA_CPP/build/bin/llama-mtmd-cli" \
+    --gguf "$work/r2b-q4_0.gguf" --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" \
+    | tee "$out/e2e_2b_llama.md"
+fi
