@@ -31,6 +31,7 @@ if [ -n "${LLAMA_CPP:-}" ]; then
 fi
 
 python bench/bandwidth.py --threads "$threads" --export "$work/decoder-int4" --context 512 | tee "$out/bandwidth_2b.txt"
+python bench/vision_int8_weights.py "$work/vision-fp32" --threads "$threads" | tee "$out/vision_int8_weights_2b.md"
 python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" \
   --names "ours fp32" "ours int8" --threads "$threads" --markdown "$out/vision_2b.md" --plot "$out/vision_2b_latency.png"
 python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-level 1 --genai "$work/genai" \
