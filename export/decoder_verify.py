@@ -181,21 +181,28 @@ def _names(mode: str, accuracy_level: int, kv_cache: str) -> tuple[str, str]:
     return exact, shipped + ("vs_transformers" if mode == "fp32" else "vs_fake_quant")
 
 
+def _what(mode: str, accuracy_level: int, kv_cache: str = "fp32") -> str:
+    """The graph under test, for error messages."""
+    what = "fp32 decoder vs transformers" if mode == "fp32" else \
+        f"int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers"
+    return what + (", int8 KV cache" if kv_cache == "int8" else "")
+
+
 def _verify(path: Path, reference, shape: DecoderShape, family: Family, mode: str, accuracy_level: int,
             target: Target, steps: int, kv_cache: str) -> dict:
     providers = [target.execution_provider]
-    exact_tolerance = FP32_TOLERANCE if mode == "fp32" else INT4_TOLERANCE
     exact_key, shipped_key = _names(mode, accuracy_level, kv_cache)
     if not is_lossy(mode, accuracy_level, kv_cache):  # check the graph as it is
-        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, exact_tolerance)
-        _raise_unless(parity, f"{mode} decoder (accuracy_level {accuracy_level}) vs its reference")
+        tolerance = FP32_TOLERANCE if mode == "fp32" else INT4_TOLERANCE
+        parity = decoder_parity(TextDecoder(path, shape, providers), reference, family, steps, tolerance)
+        _raise_unless(parity, _what(mode, accuracy_level))
         return {shipped_key: parity.summary()}
-    exact = _exact_weights_parity(path, reference, shape, family, providers, steps, exact_tolerance)
+    exact = _exact_weights_parity(path, reference, shape, family, providers, steps, mode)
     gc.collect()  # release the first session's weights before loading the second
     decoder = TextDecoder(path, shape, providers)
     shipped = decoder_parity(decoder, reference, family, steps, shipped_tolerance(mode, accuracy_level, kv_cache))
     if not shipped.worst <= shipped.tolerance:
-        _raise_unless(shipped, f"{mode} decoder (accuracy_level {accuracy_level}, {kv_cache} KV cache) vs its reference")
+        _raise_unless(shipped, _what(mode, accuracy_level, kv_cache))
     agree, total = next_token_agreement(decoder, reference, family)
     if shipped.onnx_tokens != shipped.reference_tokens or agree != total:
         log.warning("accuracy_level %d, %s KV cache: logits within %.1e of the reference, greedy tokens %s, "
@@ -206,11 +213,12 @@ def _verify(path: Path, reference, shape: DecoderShape, family: Family, mode: st
 
 
 def _exact_weights_parity(path: Path, reference, shape: DecoderShape, family: Family, providers: list[str],
-                          steps: int, tolerance: float) -> DecoderParity:
+                          steps: int, mode: str) -> DecoderParity:
     """The weights checked on an accuracy_level 0, fp32-cache copy of the graph; raises on failure."""
+    tolerance = FP32_TOLERANCE if mode == "fp32" else INT4_TOLERANCE
     with accuracy_level_copy(path, 0) as exact_path:
         parity = decoder_parity(TextDecoder(exact_path, shape, providers), reference, family, steps, tolerance)
-    _raise_unless(parity, "the weights (accuracy_level 0, fp32 KV cache) vs their reference")
+    _raise_unless(parity, _what(mode, 0) + " (fp32 KV cache)")
     return parity
 
 

@@ -12,7 +12,15 @@ from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import check_source_stamp, make_session
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}
+_CACHE_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}
+
+
+def _cache_dtype(session: ort.InferenceSession, name: str):
+    """The numpy dtype of the graph's cache input `name`: float32, or int8 (an export with --kv-cache int8)."""
+    found = {i.name: i.type for i in session.get_inputs()}.get(name)
+    if found not in _CACHE_DTYPES:
+        raise QvlError(f"decoder.onnx: expected a float32 or int8 KV cache input {name}, got {found or 'none'}")
+    return _CACHE_DTYPES[found]
 
 
 @dataclass
@@ -49,7 +57,7 @@ class TextDecoder:
         self._past = list(zip(past_k, past_v))
         self._present = [name for pair in zip(present_k, present_v) for name in pair]
         # float32, or int8 for a graph whose attention quantizes its cache (export.kv_cache_int8)
-        self.cache_dtype = _ORT_DTYPES[{i.name: i.type for i in self.session.get_inputs()}[past_k[0]]]
+        self.cache_dtype = _cache_dtype(self.session, past_k[0])
         # The contract says how the cache is fed: format-1 exports before in-place caching migrate to "grown".
         self.supports_in_place = kv_cache == KV_IN_PLACE
         self.placeholder_ids: tuple[int, ...] = ()  # image/video pad ids, checked against visual_embeds when set

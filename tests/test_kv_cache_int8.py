@@ -181,3 +181,17 @@ def test_answers_match_the_fp32_cache_and_the_engine_matches_the_pipeline(int8_e
         engine.close()
     alone = [token for token, _ in pipe.stream_prepared(prepared, 8, pipe.sampling.greedy())]
     assert tokens == alone
+
+
+def test_a_cache_of_another_dtype_is_one_clear_error(tmp_path):
+    from qvl_compile.contract import DecoderShape
+    from qvl_compile.runtime.decoder import TextDecoder
+
+    past = helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT16, [1, 2, None, 4])
+    out = helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT16, [1, 2, None, 4])
+    graph = helper.make_graph([helper.make_node("Identity", [past.name], [out.name])], "fp16 cache", [past], [out])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "d.onnx"))
+    shape = DecoderShape(num_layers=1, num_key_value_heads=2, head_dim=4, hidden_size=8, vocab_size=16, num_deepstack=0)
+    with pytest.raises(QvlError, match="expected a float32 or int8 KV cache input past_key_values.0.key, "
+                                       r"got tensor\(float16\)"):
+        TextDecoder(tmp_path / "d.onnx", shape)
