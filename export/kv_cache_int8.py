@@ -74,6 +74,8 @@ def quantize_kv_cache(model: onnx.ModelProto, key_scales: np.ndarray, value_scal
     """Rewrite `model` in place: every attention node's cache int8, with the scales as initializers
     (key_scales/value_scales [layers, kv, 1, head_dim], in the nodes' order)."""
     nodes = _attention_nodes(model)
+    if cache_dtype(model) == "int8":
+        raise QvlError("the decoder graph's KV cache is int8 already")
     if len(nodes) != len(key_scales) or len(nodes) != len(value_scales):
         raise QvlError(f"{len(nodes)} attention nodes but scales for {len(key_scales)} layers")
     for layer, node in enumerate(nodes):

@@ -115,6 +115,8 @@ def test_the_rewrite_is_undone_exactly():
     scales = np.full((1, KV_HEADS, 1, HEAD_DIM), 0.01, np.float32)
     quantize_kv_cache(model, scales, scales)
     assert cache_dtype(model) == "int8" and len(model.graph.initializer) == 2
+    with pytest.raises(QvlError, match="KV cache is int8 already"):
+        quantize_kv_cache(model, scales, scales)
     fp32_kv_cache(model)
     assert cache_dtype(model) == "fp32"
     assert model.SerializeToString() == original
