@@ -96,9 +96,11 @@ def _verifier(criteria: Criteria):
     return verify
 
 
-def _quantize_int8(ctx: ExportContext) -> None:
-    with set_aside(ctx.work_dir, VISION_FILE) as staged:
-        ctx.record["op_counts"] = quantize_vision(staged / VISION_FILE, ctx.path)
+def _int8_quantizer(quant: VisionQuantOptions):
+    def quantize(ctx: ExportContext) -> None:
+        with set_aside(ctx.work_dir, VISION_FILE) as staged:
+            ctx.record["op_counts"] = quantize_vision(staged / VISION_FILE, ctx.path, quant.resolved_weights())
+    return quantize
 
 
 def _describe(quant: VisionQuantOptions):
@@ -125,7 +127,7 @@ def vision_spec(quant: VisionQuantOptions | None = None) -> ComponentSpec:
     steps = [Step("fuse GELU (onnxruntime.transformers)", _fuse), Step(CHECK_STAGE, check_graph),
              Step("verify against eager PyTorch at other grids", _verifier(FP32))]
     if quant.mode == "int8":
-        steps += [Step("quantize to int8 (onnxruntime dynamic quantization)", _quantize_int8),
+        steps += [Step("quantize to int8 (onnxruntime dynamic quantization)", _int8_quantizer(quant)),
                   Step("verify int8 against eager PyTorch", _verifier(INT8_VISION))]
     return ComponentSpec(
         name="vision", file_name=VISION_FILE, load=_load, rewrite=_rewrite, streamed=True,

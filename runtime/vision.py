@@ -8,6 +8,7 @@ import numpy as np
 
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
+from qvl_compile.runtime.cpu_int8 import warn_if_saturating
 from qvl_compile.runtime.session import check_source_stamp, make_session
 
 
@@ -66,6 +67,7 @@ class VisionEncoder:
         graph, artifact, _ = load_artifact(export_dir, "vision", hashes=verify_hashes)
         encoder = cls(graph, artifact.patch_dim, artifact.spatial_merge_size, providers, intra_op_threads)
         check_source_stamp(encoder.session, artifact, graph)
+        warn_if_saturating(artifact.quant.get("weights", ""))  # exports before the choice had 7-bit weights: safe
         return encoder
 
     def __call__(self, pixel_values, grid_thw) -> VisionOutput:
