@@ -54,6 +54,8 @@ if [ -n "${LLAMA_CPP:-}" ]; then
   python bench/e2e_speed.py --ours "$work/e2e-default" --torch "$work/r2b" --llama-mtmd "$LLAMA_CPP/build/bin/llama-mtmd-cli" \
     --gguf "$work/r2b-q4_0.gguf" --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" \
     | tee "$out/e2e_2b_llama.md"
+  python bench/decoder_speed.py --ours "$work/decoder-int4" --also "ours, int8 KV cache=$work/decoder-int4-kv8" "${llama[@]}" \
+    --prefill 1000 --context 512 2048 --repeats 3 --threads "$threads" | tee "$out/decoder_2b_kv_cache_llama.md"
   python bench/e2e_speed.py --ours "$work/e2e" --llama-mtmd "$LLAMA_CPP/build/bin/llama-mtmd-cli" --gguf "$work/r2b-q4_0.gguf" \
     --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" | tee "$out/e2e_2b_llama_int8.md"
 fi
