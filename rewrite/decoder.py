@@ -22,7 +22,7 @@ from torch import nn
 
 from qvl_compile.config import TextConfig
 from qvl_compile.rewrite.attention import cached_attention
-from qvl_compile.rewrite.rotary import mrope_rotate, mrope_rows
+from qvl_compile.rewrite.rotary import interleaved_axes, mrope_rotate, mrope_rows
 
 
 class TransposedLinear(nn.Module):
@@ -55,13 +55,7 @@ def mrope_axis_of_frequency(config: TextConfig) -> list[int]:
         raise ValueError(f"mrope_section {list(config.mrope_section)} must sum to head_dim/2 = {half}")
     if not config.mrope_interleaved:  # blocks: [t..., h..., w...]
         return [0] * t + [1] * h + [2] * w
-    axes = [0] * half  # interleaved: t h w t h w ... while each section lasts
-    for i in range(half):
-        if i % 3 == 1 and i < 3 * h:
-            axes[i] = 1
-        elif i % 3 == 2 and i < 3 * w:
-            axes[i] = 2
-    return axes
+    return interleaved_axes(list(config.mrope_section), half)  # t h w t h w ... while each section lasts
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

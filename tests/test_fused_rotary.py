@@ -27,7 +27,7 @@ def test_the_op_rotates_as_the_elementwise_form(section):
 
     head_dim, heads = 2 * sum(section), 3
     config = SimpleNamespace(head_dim=head_dim, mrope_section=section, mrope_interleaved=True)
-    assert interleaved_axes(list(section), head_dim // 2) == mrope_axis_of_frequency(config)
+    assert mrope_axis_of_frequency(config) == interleaved_axes(list(section), head_dim // 2)  # one map for both paths
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 5, heads * head_dim, generator=generator)
     positions = torch.randint(0, 300, (3, 2, 5), generator=generator)
@@ -40,6 +40,14 @@ def test_the_op_rotates_as_the_elementwise_form(section):
     expected = (q * emb.cos() + _rotate_half(q) * emb.sin()).reshape(2, 5, -1)
     got = mrope_rotate(x, *mrope_rows(positions, inv_freq, 1.0), heads, list(section))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_interleaved_axes_cycle_t_h_w_while_each_section_lasts():
+    """Qwen3-VL's interleaved layout, written out by hand: frequency i reads row i % 3 (t, h, w) until the h or w
+    section runs out (3 * section frequencies), then t."""
+    assert interleaved_axes([2, 1, 1], 4) == [0, 1, 2, 0]
+    assert interleaved_axes([3, 2, 1], 6) == [0, 1, 2, 0, 1, 0]
+    assert interleaved_axes([24, 20, 20], 64)[57:] == [0, 1, 2, 0, 0, 0, 0]  # h and w end at 60, t fills the rest
 
 
 @pytest.fixture(scope="module")
