@@ -94,7 +94,7 @@ def attention_graph(dtype: int, cache_dtype: int) -> onnx.ModelProto:
     return helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs), opset_imports=OPSETS)
 
 
-def _session(model: onnx.ModelProto, threads: int):
+def cpu_session(model: onnx.ModelProto, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -103,7 +103,7 @@ def _session(model: onnx.ModelProto, threads: int):
 
 
 def plain_runner(model: onnx.ModelProto, rows: int, threads: int, rng) -> Callable[[], None]:
-    session = _session(model, threads)
+    session = cpu_session(model, threads)
     feeds = {"x": rng.standard_normal((rows, HIDDEN), dtype=np.float32)}
     return lambda: session.run(None, feeds)
 
@@ -114,7 +114,7 @@ def attention_runner(dtype, cached: int, threads: int, rng, cache_dtype=None) ->
 
     cache_dtype = np.dtype(cache_dtype or dtype)
     proto_type = helper.np_dtype_to_tensor_dtype
-    session = _session(attention_graph(proto_type(np.dtype(dtype)), proto_type(cache_dtype)), threads)
+    session = cpu_session(attention_graph(proto_type(np.dtype(dtype)), proto_type(cache_dtype)), threads)
     binding = session.io_binding()
     for name, width in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
         binding.bind_cpu_input(name, rng.standard_normal((1, 1, width * HEAD_DIM)).astype(dtype))
@@ -170,7 +170,7 @@ def int8_cache_agreement(threads: int, rng, cached: int = 2048) -> float:
         else:
             feeds.update({f"past_{kind}.{layer}": quantized[i].astype(np.float32) * scale
                           for layer in range(LAYERS) for i, kind in enumerate(("key", "value"))})
-        outputs.append(_session(graph, threads).run(["out.0"], feeds)[0])
+        outputs.append(cpu_session(graph, threads).run(["out.0"], feeds)[0])
     return float(np.abs(outputs[0] - outputs[1]).max())
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import onnx
-from machine import summary as machine_summary  # bench scripts share helpers by path
+from decoder_kernels import cpu_session, seconds  # bench scripts share helpers by path
+from machine import summary as machine_summary
 from onnx import TensorProto, helper
 
 from qvl_compile.export.kv_cache_int8 import quantize_kv_cache
@@ -43,12 +43,7 @@ def attention_graph(int8: bool) -> onnx.ModelProto:
 
 
 def runner(int8: bool, tokens: int, threads: int, rng):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(attention_graph(int8).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = cpu_session(attention_graph(int8), threads)
     dtype = np.int8 if int8 else np.float32
     feeds = {name: rng.standard_normal((1, tokens, width * HEAD_DIM), dtype=np.float32)
              for name, width in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS))}
@@ -56,16 +51,6 @@ def runner(int8: bool, tokens: int, threads: int, rng):
               "past_value": np.zeros((1, KV_HEADS, tokens, HEAD_DIM), dtype),
               "seqlens_k": np.array([tokens - 1], np.int32), "total": np.array(tokens, np.int32)}
     return lambda: session.run(["out"], feeds)
-
-
-def milliseconds(run, repeats: int = 3) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -81,7 +66,7 @@ def main() -> None:
         results = {name: [] for name in runs}
         for _ in range(args.rounds):  # interleaved
             for name, run in runs.items():
-                results[name].append(milliseconds(run))
+                results[name].append(1000 * seconds(run, 3))
         fp32, int8 = (statistics.median(results[n]) for n in ("fp32", "int8"))
         cells = [f"{statistics.median(results[n]):.1f} ({min(results[n]):.1f}-{max(results[n]):.1f})" for n in runs]
         lines.append(f"| {tokens} | {cells[0]} | {cells[1]} | {int8 / fp32:.2f}x |")
