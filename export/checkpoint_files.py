@@ -121,6 +121,12 @@ class CheckpointReader:
             raise QvlError(f"{self.stored[name].path}: tensor {name} has shape {list(self.stored[name].shape)}, "
                            f"the config expects {list(shape)}")
 
+    def stores_swapped(self, name: str, shape: tuple[int, ...]) -> bool:
+        """True when a 3-D tensor expected as [E, out, in] is stored [E, in, out]: fused MoE experts as released
+        checkpoints and transformers 4.57 store them (transformers 5.x transposes them on load, told by shape)."""
+        stored = self.stored[name].shape if name in self.stored else None
+        return len(shape) == 3 and stored != tuple(shape) and stored == (shape[0], shape[2], shape[1])
+
     def read_stored(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor in its stored dtype; `rows` (start, stop) reads only those rows of its first axis."""
         if name not in self.stored:

@@ -89,22 +89,31 @@ def _dynamic_shapes(ctx: ExportContext) -> tuple:
 def _translation_table() -> dict:
     import torch
 
-    from qvl_compile.export.onnx_functions import cached_attention_onnx, mrope_rotate_onnx
+    import qvl_compile.rewrite.moe  # noqa: F401  (registers qvl_compile::moe)
+    from qvl_compile.export.onnx_functions import cached_attention_onnx, moe_onnx, mrope_rotate_onnx
 
     return {torch.ops.qvl_compile.cached_attention.default: cached_attention_onnx,
-            torch.ops.qvl_compile.mrope_rotate.default: mrope_rotate_onnx}
+            torch.ops.qvl_compile.mrope_rotate.default: mrope_rotate_onnx,
+            torch.ops.qvl_compile.moe.default: moe_onnx}
 
 
 def _weight_plan(options: QuantOptions):
     def plan(ctx: ExportContext, proto: onnx.ModelProto, sources: dict):
         if options.mode != "int4":
             ctx.record["op_counts"] = count_ops(proto)
+            if ctx.record["op_counts"].get("MoE", 0) != ctx.family.decoder_experts(ctx.config):
+                raise QvlError(f"expected {ctx.family.decoder_experts(ctx.config)} MoE nodes, the graph has "
+                               f"{ctx.record['op_counts'].get('MoE', 0)}")
             return None
-        int4 = Int4Plan(proto, sources, options, lm_head=LM_HEAD + ".weight_t", embedding=EMBEDDING)
+        int4 = Int4Plan(proto, sources, options, lm_head=LM_HEAD + ".weight_t", embedding=EMBEDDING,
+                        keep_float32=ctx.family.float32_weights)
         counts = count_ops(proto)
         expected = ctx.family.decoder_projections(ctx.config) + (1 if options.quantize_lm_head else 0)
         if counts.get("MatMulNBits", 0) != expected:
             raise QvlError(f"expected {expected} MatMulNBits nodes, the INT4 plan made {counts.get('MatMulNBits', 0)}")
+        if counts.get("QMoE", 0) != ctx.family.decoder_experts(ctx.config) or counts.get("MoE"):
+            raise QvlError(f"expected {ctx.family.decoder_experts(ctx.config)} QMoE nodes, the INT4 plan made "
+                           f"{counts.get('QMoE', 0)} (and left {counts.get('MoE', 0)} MoE)")
         ctx.record["op_counts"] = counts
         return int4
     return plan

@@ -105,9 +105,30 @@ def quantized_weights(model: torch.nn.Module, graph_path: Path, family: Family) 
                                           *((n, n.input[0], dequantize_gather) for n in graph.nodes("GatherBlockQuantized"))]:
         module = family.projection_module(model, weight_name)
         loaders[module_names[id(module)] + ".weight"] = functools.partial(_as_tensor, dequantize, node, graph)
+    for node in graph.nodes("QMoE"):
+        experts = family.projection_module(model, node.input[2])
+        name = module_names[id(experts)]
+        loaders[name + ".gate_up_proj"] = functools.partial(_experts_tensor, node, graph, 1, experts.gate_up_proj.shape)
+        loaders[name + ".down_proj"] = functools.partial(_experts_tensor, node, graph, 2, experts.down_proj.shape)
     if not loaders:
         raise QvlError(f"{graph_path}: no quantized weights to build a fake-quant reference from")
     return loaders
+
+
+def _experts_tensor(node: onnx.NodeProto, graph: GraphWeights, fc: int, shape: torch.Size,
+                    rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """A QMoE node's fc1 (as transformers' fused gate_up_proj: gate rows, then up rows) or fc2 (down_proj), in the
+    layout of the transformers module it replaces: [E, out, in] on 5.x, [E, in, out] on 4.57."""
+    from qvl_compile.export.moe_weights import dequantize_qmoe
+    from qvl_compile.rewrite.moe import deinterleave_gate_up
+
+    values = torch.from_numpy(dequantize_qmoe(node, graph, fc))  # [E, N, K]
+    if fc == 1:
+        values = deinterleave_gate_up(values)
+    if tuple(values.shape) != tuple(shape):
+        values = values.transpose(1, 2)
+    values = values.contiguous()
+    return values if rows is None else values[rows[0]:rows[1]]
 
 
 def _as_tensor(dequantize, node: onnx.NodeProto, graph: GraphWeights, rows: tuple[int, int] | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from qvl_compile.errors import QvlError
 from qvl_compile.export.checkpoint_files import CheckpointReader
 from qvl_compile.export.decoder_options import QuantOptions
+from qvl_compile.export.moe_weights import expert_weights, pack_experts, qmoe_node
 from qvl_compile.export.weight_writer import TensorWriter, WeightSource
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,15 @@ class Int4Plan:
     weightless graph before any weight is read; `write` then packs each weight as it streams past."""
 
     def __init__(self, proto: onnx.ModelProto, sources: dict[str, WeightSource], options: QuantOptions,
-                 lm_head: str, embedding: str):
+                 lm_head: str, embedding: str, keep_float32: tuple[str, ...] = ()):
+        """`keep_float32`: name suffixes of MatMul weights left float32 (a family's `float32_weights`)."""
         self.options, self.sources = options, sources
         self.quantizer = block_quantizer(options)
         self.lm_head, self.embedding = lm_head, embedding
         self.matmuls = {n.input[1] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in sources
-                        and len(sources[n.input[1]].shape) == 2
+                        and len(sources[n.input[1]].shape) == 2 and not any(n.input[1].endswith(k) for k in keep_float32)
                         and (options.quantize_lm_head or n.input[1] != lm_head)}
+        self.experts = expert_weights(proto)  # MoE fc1/fc2: packed per expert for QMoE
         # The table shares the lm_head's packed rows when both are one checkpoint tensor and the lm_head is packed.
         self.shared = lm_head in self.matmuls and embedding in sources and sources[embedding].key == sources[lm_head].key
         self.quantize_embedding = options.quantize_embedding and options.symmetric and embedding in sources
@@ -57,6 +60,8 @@ class Int4Plan:
         for node in proto.graph.node:
             if node.op_type == "MatMul" and node.input[1] in self.matmuls:
                 node = self._matmul_nbits(node)
+            elif node.op_type == "MoE":
+                node = qmoe_node(node, self.options)
             elif self.quantize_embedding and node.op_type == "Gather" and node.input[0] == self.embedding:
                 node = self._gather_block_quantized(node)
             nodes.append(node)
@@ -107,6 +112,9 @@ class Int4Plan:
     def write(self, name: str, source: WeightSource, reader: CheckpointReader,
               writer: TensorWriter) -> list[onnx.TensorProto]:
         """The initializers for one graph weight, read from the checkpoint here."""
+        if name in self.experts:
+            packed, scales = pack_experts(source, reader, self.quantizer)
+            return [writer.add(name + "_Q4", packed), writer.add(name + "_scales", scales)]
         if name in self.matmuls:
             if not source.transpose:
                 raise QvlError(f"{name}: expected the [in, out] transpose of a checkpoint linear")

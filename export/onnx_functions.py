@@ -69,3 +69,12 @@ def mrope_rotate_onnx(x: FLOAT, row_index: INT64, cos_rows: FLOAT, sin_rows: FLO
     rotate-half pairs (interleaved=0); `row_index` indexes the per-call rows (rewrite/rotary.py)."""
     return msft.MRotaryEmbedding(x, row_index, cos_rows, sin_rows, num_heads=num_heads, mrope_section=mrope_section,
                                  mrope_layout=1, interleaved=0)
+
+
+@onnxscript.script(default_opset=op)
+def moe_onnx(x: FLOAT, router_logits: FLOAT, fc1: FLOAT, fc2: FLOAT, k: int) -> FLOAT:
+    """`qvl_compile::moe` as onnxruntime's MoE: the router's logits as `router_probs` (the op takes the softmax
+    over all experts, the top k, and with normalize_routing_weights=1 renormalises them, as transformers does);
+    SwiGLU silu(gate) * up with gate/up rows interleaved in fc1 (swiglu_fusion=1), no biases, no clamp."""
+    return msft.MoE(x, router_logits, fc1, None, fc2, k=k, normalize_routing_weights=1, activation_type="swiglu",
+                    swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0)

@@ -31,17 +31,23 @@ def checkpoint_source(model: nn.Module, reader: CheckpointReader, prefix: str = 
     """Values from the checkpoint: a tied parameter reads whichever of its names the checkpoint holds. Every
     parameter's tensor is checked now (present, same shape), from the files' headers."""
     keys: dict[str, str] = {}
+    swapped: set[str] = set()  # 3-D experts stored [E, in, out] for a model holding [E, out, in]
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     for names in parameter_names(model).values():
         stored = [prefix + n for n in names if prefix + n in reader]
+        shape = shapes[names[0]]
         if not stored:
             raise QvlError(f"{reader.model_dir}: the checkpoint has no tensor {prefix + names[0]} "
-                           f"(expected shape {list(shapes[names[0]])})")
-        reader.check_shape(stored[0], shapes[names[0]])
+                           f"(expected shape {list(shape)})")
+        if reader.stores_swapped(stored[0], shape):
+            swapped.update(names)
+        else:
+            reader.check_shape(stored[0], shape)
         keys.update({n: stored[0] for n in names})
 
     def read(name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        return reader.read(keys[name], rows)
+        values = reader.read(keys[name], rows)
+        return values.transpose(1, 2).contiguous() if name in swapped else values
     return read
 
 

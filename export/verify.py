@@ -114,7 +114,7 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
     as shipped within `int4_tolerance(level)`, its greedy tokens reported but not required to match. An int8 KV
     cache is lossy too: the exact rows run on a copy with an fp32 cache."""
     from qvl_compile.export.checkpoint_files import CheckpointReader
-    from qvl_compile.export.decoder_verify import accuracy_level_copy, decoder_reference
+    from qvl_compile.export.decoder_verify import accuracy_level_copy, decoder_reference, routes_experts
     from qvl_compile.export.streamed_reference import checkpoint_source
     from qvl_compile.runtime.decoder import TextDecoder
 
@@ -128,9 +128,11 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
         if not lossy:
             return _decoder_case_rows(decoder, reference, family, seed, decoder_tolerance(artifact))
         label = f"accuracy_level {_accuracy_level(artifact)}" if mode == "int4" else "as shipped"
+        # Lossy activations move an MoE router's logits: a token routed to other experts is not an error bound's
+        # business (qvl_compile.parity.ROUTED_MIN_AGREEMENT), so its logits are shown, and the weights rows decide.
         shipped = _decoder_case_rows(decoder, reference, family, seed, decoder_tolerance(artifact),
                                      label=label + (", int8 KV cache" if _kv_cache(artifact) == "int8" else ""),
-                                     tokens_required=False)
+                                     tokens_required=False, logits_required=not routes_experts(graph))
         del decoder  # one session at a time: real-size decoders are gigabytes
         with accuracy_level_copy(graph, 0) as exact_graph:
             exact = _decoder_case_rows(TextDecoder(exact_graph, artifact.shape), reference, family, seed,
@@ -140,7 +142,7 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
 
 
 def _decoder_case_rows(decoder, reference, family: Family, seed: int, tolerance: float, label: str = "",
-                       tokens_required: bool = True) -> list[ParityRow]:
+                       tokens_required: bool = True, logits_required: bool = True) -> list[ParityRow]:
     from qvl_compile.export.decoder_verify import decoder_parity
 
     rows = []
@@ -150,8 +152,10 @@ def _decoder_case_rows(decoder, reference, family: Family, seed: int, tolerance:
         grid = tuple(value for kind, value in parts if kind != "text")
         same = parity.onnx_tokens == parity.reference_tokens
         case_rows = [
-            ParityRow(case, grid, "prefill logits", float("nan"), parity.prefill_max_rel, tolerance),
-            ParityRow(case, grid, f"{DECODER_STEPS} step logits", float("nan"), max(parity.steps_max_rel), tolerance),
+            ParityRow(case, grid, "prefill logits", float("nan"), parity.prefill_max_rel, tolerance,
+                      required=logits_required),
+            ParityRow(case, grid, f"{DECODER_STEPS} step logits", float("nan"), max(parity.steps_max_rel), tolerance,
+                      required=logits_required),
             ParityRow(case, grid, "greedy tokens", float("nan"), 0.0 if same else float("inf"), 0.0, exact=True,
                       required=tokens_required)]
         log.info("%s: %s", case, "pass" if all(r.passed for r in case_rows) else "FAIL")

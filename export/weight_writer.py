@@ -27,18 +27,27 @@ class WeightSource:
     key: str  # the checkpoint's tensor name
     shape: tuple[int, ...]  # the initializer's shape
     transpose: bool = False  # the initializer is the 2-D tensor's transpose ([in, out] of an [out, in] linear)
+    swap_last: bool = False  # 3-D experts: the checkpoint stores [E, in, out], the initializer is [E, out, in]
+    interleave: bool = False  # 3-D fused gate/up experts: gate row j goes to row 2j, up row j to 2j+1 (rewrite.moe)
 
     def stored_shape(self) -> tuple[int, ...]:
+        if self.swap_last:
+            return (self.shape[0], self.shape[2], self.shape[1])
         return tuple(reversed(self.shape)) if self.transpose else self.shape
 
-    def read(self, reader: CheckpointReader) -> np.ndarray:
+    def read(self, reader: CheckpointReader, rows: tuple[int, int] | None = None) -> np.ndarray:
         """float32 in C order (what the graph and the quantizer take); transposed while converting, so memory
-        holds the stored tensor and one float32 copy."""
+        holds the stored tensor and one float32 copy. `rows`: only rows [start, stop) of axis 0 (3-D experts)."""
         import torch
 
-        stored = reader.read_stored(self.key)
-        values = torch.empty(self.shape, dtype=torch.float32)
-        values.copy_(stored.T if self.transpose else stored)
+        from qvl_compile.rewrite.moe import interleave_gate_up
+
+        stored = reader.read_stored(self.key, rows)
+        stored = stored.transpose(1, 2) if self.swap_last else stored.T if self.transpose else stored
+        if self.interleave:
+            stored = interleave_gate_up(stored)
+        values = torch.empty(stored.shape, dtype=torch.float32)
+        values.copy_(stored)
         return values.numpy()
 
 
@@ -80,6 +89,7 @@ def weight_sources(module, names_by_storage: dict[int, list[str]], reader: Check
     transformers parameter behind each placeholder; a rewritten parameter named `*.weight_t` is its transpose.
     """
     from qvl_compile.export.skeleton import storage_key
+    from qvl_compile.rewrite.moe import FC1
 
     sources: dict[str, WeightSource] = {}
     for name, param in module.named_parameters():
@@ -90,7 +100,9 @@ def weight_sources(module, names_by_storage: dict[int, list[str]], reader: Check
         if not stored:
             raise QvlError(f"{reader.model_dir}: the checkpoint has no tensor {names[0]} "
                            f"(expected shape {list(param.shape)})")
-        source = WeightSource(stored[0], tuple(param.shape), transpose=name.endswith(".weight_t"))
+        shape = tuple(param.shape)
+        source = WeightSource(stored[0], shape, transpose=name.endswith(".weight_t"),
+                              swap_last=reader.stores_swapped(stored[0], shape), interleave=name.endswith("." + FC1))
         reader.check_shape(source.key, source.stored_shape())
         sources[name] = source
     return sources

@@ -112,7 +112,7 @@ def tiny(out_dir: Path, random_weights: bool, seed: int, force: bool, model_type
     quiet_libraries()
     family = family_named(model_type)
     family.write_tiny(out_dir, seed=seed, force=force, trained=not random_weights)
-    what = f"random (seed {seed})" if random_weights else "trained"
+    what = "trained" if family.ships_trained_tiny and not random_weights else f"random (seed {seed})"
     click.echo(f"wrote the tiny {what} {family.display_name} checkpoint to {out_dir}")
 
 
@@ -122,17 +122,23 @@ def tiny(out_dir: Path, random_weights: bool, seed: int, force: bool, model_type
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--vision-only", is_flag=True, help="Write only the vision tower's weights (for vision exports).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a checkpoint folder.")
-@click.option("--model-type", default="qwen3_vl", show_default=True, help="The model family's config model_type.")
+@click.option("--model-type", default=None, help="The model family's config model_type (default: the family "
+              "whose released sizes include ARCH, else qwen3_vl).")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="Decoder layers to write (real width, reduced depth; default: the architecture's).")
 @handle_errors
-def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool, model_type: str) -> None:
-    """Random weights for a released architecture: ARCH is 2b, 4b, 8b or a folder with config.json.
+def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, force: bool, model_type: str | None,
+                      layers: int | None) -> None:
+    """Random weights for a released architecture: ARCH is 2b, 4b, 8b, 30b-a3b or a folder with config.json.
 
     Real-size work without downloading weights: the architecture is exact, the weights are noise.
     """
-    from qvl_compile.registry import family_named
+    from qvl_compile.registry import families, family_named
 
     quiet_libraries()
-    family_named(model_type).write_random(arch, out_dir, seed=seed, vision_only=vision_only, force=force)
+    by_size = {size: f for f in families().values() for size in f.random_architectures}
+    family = family_named(model_type) if model_type else by_size.get(arch.lower(), family_named("qwen3_vl"))
+    family.write_random(arch, out_dir, seed=seed, vision_only=vision_only, force=force, layers=layers)
     click.echo(f"wrote random-weight {arch} checkpoint to {out_dir}")
 
 

@@ -43,6 +43,12 @@ def quantizes_activations(accuracy_level: int) -> bool:
 # An int8 KV cache (export.kv_cache_int8, calibrated per channel), on top of the graph's own bound: on the trained
 # tiny model, fp32 weights, 6 parity cases at seeds the calibration never used, worst 3.1e-2 (prefill or decode).
 KV_INT8_TOLERANCE = 1e-1
+# A mixture-of-experts decoder with lossy activations (accuracy_level 4, an int8 KV cache) is not judged by a max rel
+# bound: the noise moves the router's logits, and a token whose top-k changes takes other experts' output, a large
+# local difference that is routing, not error (tiny MoE, level 4: max rel 0.36 with greedy tokens identical). It is
+# judged by its tokens: this share of next-token argmaxes over the parity prompt must agree with the reference
+# (its exact weights are still held to INT4_TOLERANCE on an accuracy_level 0 copy).
+ROUTED_MIN_AGREEMENT = 0.9
 
 
 def is_lossy(mode: str, accuracy_level: int, kv_cache: str = "fp32") -> bool:

@@ -34,6 +34,8 @@ class Family:
     random_architectures: tuple[str, ...] = ()  # names `qvl-compile random` takes (released sizes)
     golden_folder: str = ""  # its tiny model's goldens, relative to the golden package (golden/)
     vision_module: str = ""  # the vision tower's path in the full transformers model, e.g. "model.visual"
+    ships_trained_tiny: bool = True  # write_tiny(trained=True) gives a trained model (else seeded random weights)
+    float32_weights: tuple[str, ...] = ()  # suffixes of decoder MatMul weights that --quant int4 leaves float32
 
     # --- config (torch-free) ---
     def parse_config(self, raw: dict[str, Any], source: str) -> "ModelConfig":
@@ -70,6 +72,10 @@ class Family:
         """How many projection MatMuls the decoder graph holds besides the lm_head (what INT4 quantizes)."""
         raise NotImplementedError
 
+    def decoder_experts(self, config: "ModelConfig") -> int:
+        """How many mixture-of-experts nodes (onnxruntime MoE, QMoE under INT4) the decoder graph holds."""
+        raise NotImplementedError
+
     def decoder_rms_norms(self, config: "ModelConfig") -> int:
         """How many RMSNorms the decoder graph holds (what the RMSNorm fusion must find)."""
         raise NotImplementedError
@@ -98,7 +104,8 @@ class Family:
         raise NotImplementedError
 
     def write_random(self, arch: str, out_dir: Path, seed: int = 0, vision_only: bool = False,
-                     force: bool = False) -> Path:
+                     force: bool = False, layers: int | None = None) -> Path:
+        """A released architecture with random weights (`layers`: that many decoder layers, real width)."""
         raise NotImplementedError
 
 

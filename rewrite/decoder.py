@@ -17,12 +17,17 @@ Every shape follows from input shapes; the visual feature count V may be 0 (deco
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from qvl_compile.config import TextConfig
 from qvl_compile.rewrite.attention import cached_attention
 from qvl_compile.rewrite.rotary import interleaved_axes, mrope_rotate, mrope_rows
+
+# (transformers' MLP module of one layer, consume) -> the module replacing it, or None to keep the dense MLP
+MlpRewrite = Callable[[nn.Module, bool], "nn.Module | None"]
 
 
 class TransposedLinear(nn.Module):
@@ -64,16 +69,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RewrittenDecoderLayer(nn.Module):
-    def __init__(self, hf_layer: nn.Module, config: TextConfig, consume: bool = False, fused_rotary: bool = False):
+    def __init__(self, hf_layer: nn.Module, config: TextConfig, consume: bool = False, fused_rotary: bool = False,
+                 mlp_rewrite: MlpRewrite | None = None):
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
         self.input_layernorm, self.post_attention_layernorm = hf_layer.input_layernorm, hf_layer.post_attention_layernorm
         self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
             TransposedLinear(getattr(attn, name), consume) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        self.gate_proj, self.up_proj, self.down_proj = (
-            TransposedLinear(getattr(mlp, name), consume) for name in ("gate_proj", "up_proj", "down_proj"))
-        self.act = mlp.act_fn
+        # A family's own MLP (a mixture of experts) where its rewrite takes this layer's; else the dense SwiGLU MLP.
+        self.sparse_mlp = mlp_rewrite(mlp, consume) if mlp_rewrite is not None else None
+        if self.sparse_mlp is None:
+            self.gate_proj, self.up_proj, self.down_proj = (
+                TransposedLinear(getattr(mlp, name), consume) for name in ("gate_proj", "up_proj", "down_proj"))
+            self.act = mlp.act_fn
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.fused_rotary, self.mrope_section = fused_rotary, list(config.mrope_section)
 
@@ -98,21 +107,25 @@ class RewrittenDecoderLayer(nn.Module):
         )  # [B, S, heads*hd], present [B, kv, max(P, T), hd] x2
         x = x + self.o_proj(attn)
         h = self.post_attention_layernorm(x)
+        if self.sparse_mlp is not None:
+            return x + self.sparse_mlp(h), key, value
         x = x + self.down_proj(self.act(self.gate_proj(h)) * self.up_proj(h))
         return x, key, value
 
 
 class RewrittenTextDecoder(nn.Module):
     def __init__(self, hf_model: nn.Module, config: TextConfig, image_token_id: int, video_token_id: int,
-                 num_deepstack: int, consume: bool = False, fused_rotary: bool = False):
+                 num_deepstack: int, consume: bool = False, fused_rotary: bool = False,
+                 mlp_rewrite: MlpRewrite | None = None):
         """`consume=True` moves the projection weights out of `hf_model` (unusable afterwards): export only.
         `fused_rotary`: rotary as one `qvl_compile::mrope_rotate` op per tensor (onnxruntime's MRotaryEmbedding);
-        interleaved sections only (Qwen3-VL's), otherwise the elementwise form is kept."""
+        interleaved sections only (Qwen3-VL's), otherwise the elementwise form is kept.
+        `mlp_rewrite(hf_mlp, consume)`: a family's module for an MLP it rewrites itself (None: the dense MLP)."""
         super().__init__()
         text = hf_model.model.language_model
         self.embed_tokens = text.embed_tokens.weight  # [vocab, H]
         self.fused_rotary = fused_rotary and config.mrope_interleaved
-        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config, consume, self.fused_rotary)
+        self.layers = nn.ModuleList(RewrittenDecoderLayer(layer, config, consume, self.fused_rotary, mlp_rewrite)
                                     for layer in text.layers)
         self.norm = text.norm
         # A tied lm_head gets its own [H, vocab] copy, so it can be quantized apart from the embedding table.

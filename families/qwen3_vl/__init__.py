@@ -71,6 +71,9 @@ class Qwen3VL(Family):
         """Projection MatMuls the decoder graph holds besides the lm_head: q k v o gate up down per layer."""
         return 7 * config.text.num_hidden_layers
 
+    def decoder_experts(self, config: ModelConfig) -> int:
+        return 0  # a dense MLP in every layer
+
     def decoder_rms_norms(self, config: ModelConfig) -> int:
         """RMSNorms in the decoder graph: input, post-attention, q and k norms per layer, and the final norm."""
         return 4 * config.text.num_hidden_layers + 1
@@ -105,8 +108,8 @@ class Qwen3VL(Family):
         return write_tiny(out_dir, seed=seed, force=force, trained=trained)
 
     def write_random(self, arch: str, out_dir: Path, seed: int = 0, vision_only: bool = False,
-                     force: bool = False) -> Path:
+                     force: bool = False, layers: int | None = None) -> Path:
         from qvl_compile.families.qwen3_vl.fixtures import arch_dir, write_random
 
-        return write_random(arch_dir(arch), out_dir, seed=seed, vision_only=vision_only, force=force)
+        return write_random(arch_dir(arch), out_dir, seed=seed, vision_only=vision_only, force=force, layers=layers)
 

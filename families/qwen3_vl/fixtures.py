@@ -41,9 +41,15 @@ def _parameter_shapes(raw_config: dict, vision_only: bool) -> dict[str, tuple[in
     """Names and shapes of the checkpoint's tensors, from transformers' own model on the meta device."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    config = Qwen3VLConfig(**copy.deepcopy(raw_config))
+    return model_parameter_shapes(Qwen3VLConfig, Qwen3VLForConditionalGeneration, raw_config, vision_only)
+
+
+def model_parameter_shapes(config_class, model_class, raw_config: dict, vision_only: bool) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of `model_class`'s tensors built from `raw_config` on the meta device, as released
+    checkpoints store them (no tied lm_head), sorted by name."""
+    config = config_class(**copy.deepcopy(raw_config))
     with torch.device("meta"):
-        model = Qwen3VLForConditionalGeneration(config)
+        model = model_class(config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if raw_config.get("tie_word_embeddings", False):
         shapes.pop("lm_head.weight", None)  # released tied checkpoints do not store it
@@ -68,16 +74,19 @@ def _scaled(name: str, shape: tuple[int, ...], values: torch.Tensor) -> torch.Te
         return 0.5 * values
     if name.endswith("embed_tokens.weight"):
         return values
-    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    # A 3-D tensor is a stack of [in, out] matrices (fused experts as released MoE checkpoints store them).
+    fan_in = shape[1] if len(shape) == 3 else math.prod(shape[1:]) if len(shape) > 1 else shape[0]
     return values / math.sqrt(fan_in)
 
 
-def _write_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool) -> None:
+def write_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool, parameter_shapes=None) -> None:
+    """One model.safetensors of seeded random weights (`parameter_shapes(raw_config, vision_only)`: the family's
+    tensor names and shapes; default Qwen3-VL's)."""
     dtype = _DTYPES[raw_config.get("dtype") or raw_config.get("torch_dtype") or "float32"]
     gen = torch.Generator().manual_seed(seed)
     tensors = {
         name: _random_tensor(name, shape, gen).to(dtype).contiguous()
-        for name, shape in _parameter_shapes(raw_config, vision_only).items()
+        for name, shape in (parameter_shapes or _parameter_shapes)(raw_config, vision_only).items()
     }
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     log.info("wrote %d tensors (%s, seed %d)", len(tensors), dtype, seed)
@@ -101,13 +110,15 @@ def _random_in_chunks(name: str, shape: tuple[int, ...], dtype: torch.dtype, gen
     return out
 
 
-def _stream_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool, shard_bytes: int) -> None:
+def _stream_weights(raw_config: dict, out_dir: Path, seed: int, vision_only: bool, shard_bytes: int,
+                    parameter_shapes=None) -> None:
     """Real-size random weights, made tensor by tensor and streamed into shards: memory holds one tensor."""
     from qvl_compile.export.checkpoint_files import TensorSpec, write_sharded
 
     dtype = _DTYPES[raw_config.get("dtype") or raw_config.get("torch_dtype") or "float32"]
     gen = torch.Generator().manual_seed(seed)
-    specs = [TensorSpec(name, shape, dtype) for name, shape in _parameter_shapes(raw_config, vision_only).items()]
+    shapes = (parameter_shapes or _parameter_shapes)(raw_config, vision_only)
+    specs = [TensorSpec(name, shape, dtype) for name, shape in shapes.items()]
     files = write_sharded(out_dir, specs, lambda spec: _random_in_chunks(spec.name, spec.shape, dtype, gen), shard_bytes)
     log.info("wrote %d tensors (%s, seed %d) in %d file(s)", len(specs), dtype, seed, len(files))
 
@@ -133,8 +144,12 @@ TRAINED = "shapes"
 
 def _tiny_config(tok, variant: str | None) -> dict:
     """The embedded config (`variant` None: the seeded random model's) with the tokenizer's ids filled in."""
+    return with_tokenizer_ids(_package_json(f"{variant}/config.json" if variant else "config.json"), tok)
+
+
+def with_tokenizer_ids(raw: dict, tok) -> dict:
+    """A tiny config with the tiny tokenizer's vocabulary size and special-token ids filled in, validated."""
     ids = special_token_ids(tok)
-    raw = _package_json(f"{variant}/config.json" if variant else "config.json")
     vocab = tok.get_vocab_size(with_added_tokens=True)
     raw["text_config"]["vocab_size"] = int(math.ceil(vocab / 64) * 64)
     raw["image_token_id"] = ids["<|image_pad|>"]
@@ -145,7 +160,7 @@ def _tiny_config(tok, variant: str | None) -> dict:
     return raw
 
 
-def _write_tiny_layout(tmp: Path, tok, raw: dict, variant: str | None) -> None:
+def write_tiny_layout(tmp: Path, tok, raw: dict, variant: str | None) -> None:
     """Everything but the weights: config, generation defaults, processors, tokenizer and template."""
     (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps(_generation_config(special_token_ids(tok)), indent=2) + "\n")
@@ -167,11 +182,11 @@ def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False, trained:
     if trained and not trained_weights_path().is_file():
         raise QvlError(f"the trained weights {trained_weights_path()} are missing from this installation")
     with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
-        _write_tiny_layout(tmp, tok, raw, variant)
+        write_tiny_layout(tmp, tok, raw, variant)
         if trained:
             (tmp / "model.safetensors").write_bytes(trained_weights_path().read_bytes())
         else:
-            _write_weights(raw, tmp, seed, vision_only=False)
+            write_weights(raw, tmp, seed, vision_only=False)
     return Path(out_dir)
 
 
@@ -185,7 +200,7 @@ def write_tiny_untrained(out_dir: str | Path, seed: int = 0, force: bool = False
     model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**copy.deepcopy(raw)))
     tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
-        _write_tiny_layout(tmp, tok, raw, TRAINED)
+        write_tiny_layout(tmp, tok, raw, TRAINED)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return Path(out_dir)
 
@@ -217,20 +232,36 @@ def _write_released_size_tokenizer(raw: dict, folder: Path) -> None:
 
 
 def write_random(arch_dir: str | Path, out_dir: str | Path, seed: int = 0, vision_only: bool = False,
-                 force: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
+                 force: bool = False, shard_bytes: int = SHARD_BYTES, layers: int | None = None,
+                 parameter_shapes=None) -> Path:
     """Random weights for a released architecture folder (config.json, preprocessor_config.json), written
     tensor by tensor into safetensors shards of at most `shard_bytes` with an index, as released, with a
-    released-layout tokenizer unless the folder brings its own."""
+    released-layout tokenizer unless the folder brings its own. `layers`: that many decoder layers instead of
+    the architecture's (real width, reduced depth)."""
     arch_dir = Path(arch_dir)
     ModelConfig.from_dir(arch_dir)
     if not (arch_dir / "preprocessor_config.json").is_file():
         raise QvlError(f"{arch_dir}: expected preprocessor_config.json beside config.json")
     raw = json.loads((arch_dir / "config.json").read_text())
+    if layers is not None:
+        raw = with_decoder_layers(raw, layers)
     with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
         for src in sorted([*arch_dir.glob("*.json"), *arch_dir.glob("*.jinja"), *arch_dir.glob("merges.txt")]):
             if src.name != INDEX_NAME:
                 (tmp / src.name).write_bytes(src.read_bytes())
+        if layers is not None:
+            (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         if not (tmp / "tokenizer.json").is_file():  # the released architectures ship none; an ARCH_DIR may
             _write_released_size_tokenizer(raw, tmp)
-        _stream_weights(raw, tmp, seed, vision_only, shard_bytes)
+        _stream_weights(raw, tmp, seed, vision_only, shard_bytes, parameter_shapes)
     return Path(out_dir)
+
+
+def with_decoder_layers(raw: dict, layers: int) -> dict:
+    """The config with `layers` decoder layers (at least the DeepStack taps, which feed layers 0..D-1)."""
+    deepstack = len(raw["vision_config"].get("deepstack_visual_indexes", ()))
+    if not deepstack <= layers:
+        raise QvlError(f"--layers: expected at least {deepstack} (the DeepStack taps), got {layers}")
+    raw = copy.deepcopy(raw)
+    raw["text_config"]["num_hidden_layers"] = int(layers)
+    return raw

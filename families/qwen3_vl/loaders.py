@@ -18,28 +18,33 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
-def load_full_model(model_dir: Path):
-    """`Qwen3VLForConditionalGeneration` in fp32, eval mode."""
+def _conditional_generation_class():
     from transformers import Qwen3VLForConditionalGeneration
 
+    return Qwen3VLForConditionalGeneration
+
+
+def load_full_model(model_dir: Path, model_class=None):
+    """`Qwen3VLForConditionalGeneration` (or a sibling family's `model_class`) in fp32, eval mode."""
+    model_class = model_class or _conditional_generation_class()
     try:
-        model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+        model = model_class.from_pretrained(model_dir, dtype=torch.float32)
     except TypeError:  # 4.57.x spells it torch_dtype
-        model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
+        model = model_class.from_pretrained(model_dir, torch_dtype=torch.float32)
     return model.eval()
 
 
-def skeleton_full_model(model_dir: Path):
-    """`Qwen3VLForConditionalGeneration` with placeholder parameters (export.skeleton) and real rotary buffers:
-    the export captures it and the streamed reference fills it, at any size, in a few megabytes."""
-    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+def skeleton_full_model(model_dir: Path, model_class=None):
+    """`Qwen3VLForConditionalGeneration` (or `model_class`) with placeholder parameters (export.skeleton) and real
+    rotary buffers: the export captures it and the streamed reference fills it, at any size, in a few megabytes."""
+    from transformers import AutoConfig
 
     from qvl_compile.export.skeleton import fill_with_placeholders, meta_tensors
 
     ModelConfig.from_dir(model_dir)  # clear errors for a wrong folder or unsupported config
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
-        model = Qwen3VLForConditionalGeneration._from_config(config)
+        model = (model_class or _conditional_generation_class())._from_config(config)
     fill_with_placeholders(model)
     _rebuild_rotary(model.model.visual.rotary_pos_emb, config.vision_config)
     text_rotary = model.model.language_model.rotary_emb
@@ -77,8 +82,9 @@ def projection_module(model, initializer_name: str) -> torch.nn.Module:
 
 
 def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,
-                      attention: str = "sdpa") -> torch.nn.Module:
-    """transformers' `Qwen3VLVisionModel` with the checkpoint's vision weights, eval mode, `dtype`."""
+                      attention: str = "sdpa", vision_class=None) -> torch.nn.Module:
+    """transformers' `Qwen3VLVisionModel` (or a sibling family's `vision_class`) with the checkpoint's vision
+    weights, eval mode, `dtype`."""
     from transformers import AutoConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
@@ -87,7 +93,7 @@ def load_vision_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,
     config = AutoConfig.from_pretrained(model_dir).vision_config
     config._attn_implementation = attention  # "sdpa" (the reference) or "eager"
     with torch.device("meta"):
-        model = Qwen3VLVisionModel._from_config(config)
+        model = (vision_class or Qwen3VLVisionModel)._from_config(config)
     state = load_tensors(model_dir, VISION_PREFIX)
     expected = set(model.state_dict().keys())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
