@@ -24,7 +24,7 @@ from PIL import Image
 from qvl_compile.config import ModelConfig
 from qvl_compile.export.atomic import atomic_output_dir
 from qvl_compile.export.grids import GRID_MATRIX
-from qvl_compile.families.qwen3_vl.loaders import load_image_processor, load_vision_model, reference_vision
+from qvl_compile.families.qwen3_vl.loaders import load_image_processor, reference_vision
 from qvl_compile.families.qwen3_vl.reference import build_prompt, run_reference, with_token_types
 from qvl_compile.golden.media import MOTION_VIDEO, write_media
 from qvl_compile.golden.store import (
@@ -92,12 +92,11 @@ class Sources:
     int4_export: Path  # INT4 decoder: its dequantized weights make the INT4 reference
 
 
-def build_sources(scratch: Path) -> Sources:
+def build_sources(scratch: Path, family: str = "qwen3_vl") -> Sources:
     from qvl_compile.export.decoder_options import QuantOptions
     from qvl_compile.export.pipeline import export_model
-    from qvl_compile.families.qwen3_vl.fixtures import write_tiny
 
-    model_dir = write_tiny(scratch / "tiny")  # the trained embedded model
+    model_dir = family_named(family).write_tiny(scratch / "tiny")  # the embedded model (trained where one ships)
     log.info("exporting the tiny model (fp32, then the INT4 decoder)")
     export_model(model_dir, scratch / "fp32", component="all", quant=QuantOptions(mode="fp32"))
     export_model(model_dir, scratch / "int4", component="decoder", quant=QuantOptions(accuracy_level=1))  # exact path
@@ -129,7 +128,7 @@ def _is_5x() -> bool:
 def _vision_cases(out: Path, sources: Sources, model) -> list[str]:
     # float64: on trained weights transformers' own fp32 result drifts from the exact one by up to 3.5e-4 of
     # scale at some inputs (export/verify.py); the golden is the exact answer, cast to float32.
-    visual = load_vision_model(sources.model_dir).double()
+    visual = family_named(model.config.model_type).load_vision(sources.model_dir).double()
     patch_dim = ModelConfig.from_dir(sources.model_dir).vision.patch_dim
     names = []
     for index, (label, grid) in enumerate(GRID_MATRIX.items()):
@@ -284,20 +283,25 @@ def write_graph_summaries(folder: Path, sources: Sources) -> list[str]:
     return list(GRAPHS)
 
 
+def golden_command(family) -> str:
+    """The command that writes `family`'s committed goldens."""
+    folder = f"golden/{family.golden_folder}"
+    return f"qvl-compile golden {folder}" + ("" if family.name == "qwen3_vl" else f" --model-type {family.model_types[0]}")
+
+
 @torch.no_grad()
 def generate_goldens(out_dir: str | Path, kinds=ALL_KINDS, sources: Sources | None = None,
-                     force: bool = False) -> dict[str, Any]:
-    """Write the golden folder `out_dir` (atomically); returns its index."""
-    from qvl_compile.families.qwen3_vl.loaders import load_full_model
-
+                     force: bool = False, family: str = "qwen3_vl") -> dict[str, Any]:
+    """Write the golden folder `out_dir` (atomically) of `family`'s tiny model; returns its index."""
+    owner = family_named(family)
     unknown = sorted(set(kinds) - set(ALL_KINDS))
     if unknown:
         raise ValueError(f"golden kinds: expected some of {', '.join(ALL_KINDS)}, got {', '.join(unknown)}")
     skipped = {k: "needs transformers 5.x's PIL image processor" for k in kinds if k in KINDS_NEEDING_5X and not _is_5x()}
     with atomic_output_dir(out_dir, force=force, marker=INDEX_NAME) as work, tempfile.TemporaryDirectory() as scratch:
-        sources = sources or build_sources(Path(scratch))
+        sources = sources or build_sources(Path(scratch), family)
         media = write_media(work / "media")
-        model = load_full_model(sources.model_dir)
+        model = owner.load_model(sources.model_dir)
         cases: list[str] = []
         for kind in kinds:
             if kind in skipped:
@@ -308,9 +312,9 @@ def generate_goldens(out_dir: str | Path, kinds=ALL_KINDS, sources: Sources | No
         graphs = write_graph_summaries(work / "graphs", sources)
         index = {
             "format": GOLDEN_FORMAT,
-            "generator": {"command": "qvl-compile golden golden/data", "versions": _versions(), "dtype": "float32",
+            "generator": {"command": golden_command(owner), "versions": _versions(), "dtype": "float32",
                           "skipped": skipped},
-            "tiny_checkpoint": {"model": "trained", "files": {p.name: sha256_file(p) for p in
+            "tiny_checkpoint": {"model": "trained" if owner.ships_trained_tiny else "random (seed 0)", "files": {p.name: sha256_file(p) for p in
                                                         sorted(sources.model_dir.iterdir()) if p.is_file()}},
             "media": {name: {"what": what, "pixels_sha256": decoded_digest(work / "media" / name)}
                       for name, what in media.items()},

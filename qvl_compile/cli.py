@@ -302,18 +302,21 @@ def analyze(model_dir: Path, component: str, rewritten: bool, fmt: str, exporter
                                                                     "generate"]),
               help="Only these case kinds (repeatable; default: all).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not a golden folder.")
+@click.option("--model-type", default="qwen3_vl", show_default=True, help="The model family's config model_type.")
 @handle_errors
-def golden(out_dir: Path, kinds: tuple[str, ...], force: bool) -> None:
-    """Write the tiny model's PyTorch goldens (the repository's copy lives in golden/data).
+def golden(out_dir: Path, kinds: tuple[str, ...], force: bool, model_type: str) -> None:
+    """Write a family's tiny-model PyTorch goldens (the repository's copies: golden/data, golden/moe).
 
-    Writes the trained tiny checkpoint, exports it, and records transformers' outputs with the
+    Writes the family's tiny checkpoint, exports it, and records transformers' outputs with the
     inputs, versions and tolerances of every case.
     """
     from qvl_compile.golden.generate import ALL_KINDS, generate_goldens
+    from qvl_compile.registry import family_named
 
     quiet_libraries()
     start = time.perf_counter()
-    index = generate_goldens(out_dir, kinds=kinds or ALL_KINDS, force=force)
+    family = family_named(model_type).name
+    index = generate_goldens(out_dir, kinds=kinds or ALL_KINDS, force=force, family=family)
     for kind, reason in index["generator"]["skipped"].items():
         click.echo(f"skipped {kind}: {reason}", err=True)
     click.echo(f"wrote {len(index['cases'])} golden cases and {len(index['graphs'])} graph summaries to {out_dir} "

@@ -142,3 +142,46 @@ def write_random_video(path, frames: int, height: int, width: int, fps: int, see
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+# --- the MoE family's tiny model (families/qwen3_vl_moe) ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def moe_tiny_dir(tmp_path_factory):
+    from qvl_compile.registry import family_named
+
+    return family_named("qwen3_vl_moe").write_tiny(tmp_path_factory.mktemp("moe-tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def moe_fp32_export(moe_tiny_dir, tmp_path_factory):
+    from qvl_compile.export.decoder_options import QuantOptions
+
+    return _export(moe_tiny_dir, tmp_path_factory, "moe-fp32", component="all", quant=QuantOptions(mode="fp32"))
+
+
+@pytest.fixture(scope="session")
+def moe_int4_export(moe_tiny_dir, tmp_path_factory):
+    """QMoE experts at accuracy_level 1: the exact INT4 path, as the dense int4_export."""
+    from qvl_compile.export.decoder_options import QuantOptions
+
+    return _export(moe_tiny_dir, tmp_path_factory, "moe-int4", component="decoder", quant=QuantOptions(accuracy_level=1))
+
+
+@pytest.fixture(scope="session")
+def moe_golden_exports(request) -> dict[str, Path]:
+    """{"fp32": ..., "int4": ...} exports of the tiny MoE: QVL_GOLDEN_EXPORTS/moe-fp32 and moe-int4 when set, else
+    exported here (needs torch)."""
+    root = os.environ.get("QVL_GOLDEN_EXPORTS")
+    if root:
+        folders = {name: Path(root) / f"moe-{name}" for name in ("fp32", "int4")}
+        missing = [str(f / "manifest.json") for f in folders.values() if not (f / "manifest.json").is_file()]
+        if missing:
+            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected exports with {', '.join(missing)}")
+        return folders
+    if not HAS_TORCH:
+        message = "no MoE exports to test: set QVL_GOLDEN_EXPORTS (built with torch; see .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {"fp32": request.getfixturevalue("moe_fp32_export"), "int4": request.getfixturevalue("moe_int4_export")}
