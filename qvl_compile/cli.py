@@ -133,11 +133,17 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
 
     Real-size work without downloading weights: the architecture is exact, the weights are noise.
     """
+    from qvl_compile.config import ModelConfig
     from qvl_compile.registry import families, family_named
 
     quiet_libraries()
     by_size = {size: f for f in families().values() for size in f.random_architectures}
-    family = family_named(model_type) if model_type else by_size.get(arch.lower(), family_named("qwen3_vl"))
+    if model_type:
+        family = family_named(model_type)
+    elif Path(arch, "config.json").is_file():  # an architecture folder: its own config says the family
+        family = family_named(ModelConfig.from_dir(arch).model_type)
+    else:
+        family = by_size.get(arch.lower(), family_named("qwen3_vl"))
     family.write_random(arch, out_dir, seed=seed, vision_only=vision_only, force=force, layers=layers)
     click.echo(f"wrote random-weight {arch} checkpoint to {out_dir}")
 

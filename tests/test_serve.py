@@ -375,3 +375,17 @@ def test_local_files_only_under_the_media_dir(export, tmp_path):
         for outside in ("../outside.png", str(tmp_path / "outside.png"), f"file://{tmp_path / 'outside.png'}"):
             response = ask(outside)
             assert response.status_code == 400 and "under the media directory" in response.json()["error"]["message"]
+
+
+def test_a_mixture_of_experts_export_serves_the_replies_of_its_pipeline(moe_golden_exports):
+    """The tiny Qwen3-VL-MoE export behind the same server: nothing in serve or the runtime knows it is MoE."""
+    from qvl_compile.runtime.pipeline import Pipeline
+
+    export = moe_golden_exports["fp32"]
+    cases = suite_cases(12, ["count", "color"])
+    with server(export) as (base, _):
+        moe_client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        replies = [moe_client.chat.completions.create(model=MODEL, messages=api_messages(case), temperature=0,
+                                                      max_tokens=16).choices[0].message.content for case in cases]
+    moe_pipe = Pipeline(export, intra_op_threads=1)
+    assert replies == [greedy_alone(moe_pipe, runtime_messages(case), 16) for case in cases]

@@ -74,8 +74,10 @@ def _scaled(name: str, shape: tuple[int, ...], values: torch.Tensor) -> torch.Te
         return 0.5 * values
     if name.endswith("embed_tokens.weight"):
         return values
-    # A 3-D tensor is a stack of [in, out] matrices (fused experts as released MoE checkpoints store them).
-    fan_in = shape[1] if len(shape) == 3 else math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    # Fused MoE experts are a stack of [in, out] matrices (as released MoE checkpoints store them): fan-in shape[1].
+    if ".experts." in name and len(shape) == 3:
+        return values / math.sqrt(shape[1])
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
     return values / math.sqrt(fan_in)
 
 
