@@ -59,3 +59,22 @@ if [ -n "${LLAMA_CPP:-}" ]; then
   python bench/e2e_speed.py --ours "$work/e2e" --llama-mtmd "$LLAMA_CPP/build/bin/llama-mtmd-cli" --gguf "$work/r2b-q4_0.gguf" \
     --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" | tee "$out/e2e_2b_llama_int8.md"
 fi
+
+# Qwen3-VL-MoE 30B-A3B at real width, reduced depth (3 and 8 decoder layers; 64 experts for the doubling check)
+[ -d "$work/moe3" ] || qvl-compile random 30b-a3b "$work/moe3" --layers 3
+[ -d "$work/moe8" ] || qvl-compile random 30b-a3b "$work/moe8" --layers 8
+if [ ! -d "$work/moe3-e64" ]; then
+  mkdir -p "$work/arch-30b-e64"
+  cp families/qwen3_vl_moe/archs/qwen3-vl-30b-a3b/preprocessor_config.json "$work/arch-30b-e64/"
+  python -c "import json, sys; raw = json.load(open(sys.argv[1])); raw['text_config']['num_experts'] = 64; \
+json.dump(raw, open(sys.argv[2], 'w'), indent=2)" families/qwen3_vl_moe/archs/qwen3-vl-30b-a3b/config.json \
+    "$work/arch-30b-e64/config.json"
+  qvl-compile random "$work/arch-30b-e64" "$work/moe3-e64" --layers 3
+fi
+for name in moe3 moe8 moe3-e64; do
+  [ -d "$work/$name-out" ] || qvl-compile export "$work/$name" "$work/$name-out" --component decoder
+done
+python bench/moe_decode.py "dense 2B=$work/decoder-int4" "30B-A3B 3 layers, 64 experts=$work/moe3-e64-out" \
+  "30B-A3B 3 layers=$work/moe3-out" "30B-A3B 8 layers=$work/moe8-out" --context 512 --repeats 5 --decode-tokens 64 \
+  --depths "30B-A3B 3 layers" "30B-A3B 8 layers" --dense "dense 2B" --extrapolate 48 \
+  --experts-pair "30B-A3B 3 layers, 64 experts" "30B-A3B 3 layers" --threads "$threads" | tee "$out/moe_30b_a3b.md"

@@ -314,8 +314,9 @@ def generate_goldens(out_dir: str | Path, kinds=ALL_KINDS, sources: Sources | No
             "format": GOLDEN_FORMAT,
             "generator": {"command": golden_command(owner), "versions": _versions(), "dtype": "float32",
                           "skipped": skipped},
-            "tiny_checkpoint": {"model": "trained" if owner.ships_trained_tiny else "random (seed 0)", "files": {p.name: sha256_file(p) for p in
-                                                        sorted(sources.model_dir.iterdir()) if p.is_file()}},
+            "tiny_checkpoint": {"model": "trained" if owner.ships_trained_tiny else "random (seed 0)",
+                                "files": {p.name: sha256_file(p) for p in sorted(sources.model_dir.iterdir())
+                                          if p.is_file()}},
             "media": {name: {"what": what, "pixels_sha256": decoded_digest(work / "media" / name)}
                       for name, what in media.items()},
             "graphs": graphs,

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_golden_regeneration import golden_differences
 
 from qvl_compile.config import ModelConfig
 from qvl_compile.golden.store import DATA_DIR, read_index
 from qvl_compile.manifest import sha256_file
 from qvl_compile.registry import family_named
-from test_golden_regeneration import golden_differences
 
 MOE_GOLDENS = DATA_DIR.parent / "moe"
 FAMILY = family_named("qwen3_vl_moe")
@@ -157,3 +157,21 @@ def test_random_checkpoint_with_fewer_layers_loads_in_transformers(moe_tiny_dir,
     assert len(model.model.language_model.layers) == 3
     with pytest.raises(Exception, match="at least 3"):
         write_random(str(moe_tiny_dir), tmp_path / "r2", layers=2)
+
+
+def test_moe_decode_bench_counts_experts_at_top_k_of_e(moe_int4_export):
+    """bench/moe_decode.py's bytes per token: every initializer once, the experts at k/E (2 of 8) of theirs."""
+    import sys
+
+    import onnx
+
+    sys.path.insert(0, str(DATA_DIR.parents[1] / "bench"))
+    try:
+        from moe_decode import decode_bytes
+    finally:
+        sys.path.pop(0)
+    proto = onnx.load(str(moe_int4_export / "decoder.onnx"), load_external_data=False)
+    size = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            for t in proto.graph.initializer}
+    experts = sum(size[name] for node in proto.graph.node if node.op_type == "QMoE" for name in node.input[2:] if name)
+    assert experts > 0 and decode_bytes(moe_int4_export, 0) == pytest.approx(sum(size.values()) - experts * 6 / 8)
