@@ -39,7 +39,9 @@ def test_routing_is_transformers_router(moe_model):
     router = moe_model.model.language_model.layers[0].mlp.gate
     x = torch.randn(11, router.weight.shape[1], generator=torch.Generator().manual_seed(5))
     out = router(x)
-    ref_weights, ref_experts = out[1], out[2]  # (logits, top-k weights, top-k indices) on both lines
+    if not isinstance(out, tuple):
+        pytest.skip("transformers 4.57's router is a Linear (logits only); the block test covers its routing")
+    ref_weights, ref_experts = out[1], out[2]  # 5.x: (logits, top-k weights, top-k indices)
     weights, experts = route(x @ router.weight.T, 2)
     assert torch.equal(experts, ref_experts) and torch.allclose(weights, ref_weights.float(), atol=1e-6)
 
@@ -53,7 +55,9 @@ def test_rewritten_moe_block_matches_transformers(moe_tiny_dir, moe_model):
         mine = MoeMlp(block, config.num_experts_per_tok, config.moe_intermediate_size)
         h = torch.randn(2, 9, config.hidden_size, generator=torch.Generator().manual_seed(layer))
         with torch.no_grad():
-            assert torch.allclose(mine(h), block(h), rtol=1e-5, atol=1e-6)
+            ref = block(h)
+            ref = ref[0] if isinstance(ref, tuple) else ref  # 4.57 also returns the router logits
+            assert torch.allclose(mine(h), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_fp32_decoder_matches_transformers_at_unseen_prompts(moe_fp32_export, moe_model):

@@ -39,12 +39,13 @@ def _tiny_raw(tok) -> dict:
 
 
 def write_tiny(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
-    """The tiny seeded random MoE (8 experts, top 2, one dense layer), with the dense tiny model's tokenizer,
-    processors and chat template; its weights are a pure function of `seed`."""
+    """The tiny seeded random MoE (8 experts, top 2, one dense layer), with the trained dense tiny model's
+    tokenizer, chat template and processor sizes (small images; both transformers lines agree on their grids);
+    its weights are a pure function of `seed`."""
     tok = build_tokenizer()
     raw = _tiny_raw(tok)
     with atomic_output_dir(out_dir, force=force, marker="config.json") as tmp:
-        dense.write_tiny_layout(tmp, tok, raw, None)
+        dense.write_tiny_layout(tmp, tok, raw, dense.TRAINED)
         dense.write_weights(raw, tmp, seed, vision_only=False, parameter_shapes=parameter_shapes)
     return Path(out_dir)
 
