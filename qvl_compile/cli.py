@@ -486,6 +486,58 @@ def cases(out_dir: Path, seed: int, per_task: int, tasks: tuple[str, ...], force
 
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_file", metavar="OUTPUT.jsonl", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes (Ray actors with --ray), each holding one loaded pipeline.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="onnxruntime intra-op threads per worker (CPUs per Ray actor).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray Data: the cluster in RAY_ADDRESS, or a local Ray (needs the ray extra).")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Reply length for cases without their own max_new_tokens.")
+@click.option("--sample", is_flag=True, help="Sample with the checkpoint's defaults (default: greedy).")
+@click.option("--seed", default=0, show_default=True, help="Mixed with each case's id into its sampling seed.")
+@handle_errors
+def batch(export_dir: Path, input_file: Path, output_file: Path, workers: int, threads: int, use_ray: bool,
+          max_new_tokens: int, sample: bool, seed: int) -> None:
+    """Answer every case of INPUT.jsonl into OUTPUT.jsonl, each id exactly once (resumable).
+
+    Cases are `qvl-compile eval`'s ({"id", "prompt", "images", "video"}, optional max_new_tokens, greedy,
+    seed, temperature, top_p, top_k, repetition_penalty). Ids already in OUTPUT are skipped; a bad case
+    becomes a line with "error" and the batch goes on. See docs/cluster.md for Ray clusters.
+    """
+    from qvl_compile.manifest import check_files, read_manifest
+    from qvl_compile.runtime.batch import BatchOptions, ResultLog, read_batch_cases
+
+    cases = read_batch_cases(input_file)
+    check_files(export_dir, read_manifest(export_dir).assets, hashes=not use_ray)  # Ray actors check on their nodes
+    defaults = BatchOptions(max_new_tokens=max_new_tokens, greedy=not sample, seed=seed)
+    with ResultLog(output_file) as results:
+        pending = results.pending(cases)
+        click.echo(f"{len(cases) - len(pending)} of {len(cases)} cases already in {output_file}", err=True)
+        run = _batch_runner(use_ray, workers)
+        with click.progressbar(length=len(pending), label="answering", file=sys.stderr, show_pos=True) as bar:
+            run(export_dir, pending, results, workers, threads, defaults, on_result=lambda line: bar.update(1))
+        click.echo(f"wrote {len(results.done)} of {len(cases)} cases to {output_file} "
+                   f"({results.errors} errors this run)", err=True)
+
+
+def _batch_runner(use_ray: bool, workers: int):
+    if not use_ray:
+        from qvl_compile.runtime.batch_local import run_local
+
+        return run_local
+    try:
+        from qvl_compile.cluster.ray_batch import connect, run_on_ray
+    except ImportError as exc:
+        raise QvlError(f"--ray needs the ray extra: pip install 'qvl-compile[ray]' ({exc})") from None
+    click.echo(connect(), err=True)
+    return run_on_ray
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but loopback exposes the API (use --api-key).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
@@ -504,14 +556,19 @@ def cases(out_dir: Path, seed: int, per_task: int, tasks: tuple[str, ...], force
 @click.option("--max-image-pixels", default=4096 * 4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-video-frames", default=256, show_default=True, type=click.IntRange(min=1),
               help="Most frames decoded from one video.")
-@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
+@click.option("--threads", default=0, show_default=True,
+              help="onnxruntime intra-op threads (0: one per core); with --ray, CPUs per replica too.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Serve with Ray Serve replicas: the cluster in RAY_ADDRESS, or a local Ray (the ray extra).")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --ray: copies of the engine behind Ray Serve's proxy.")
 @handle_errors
 def serve(export_dir: Path, host: str, port: int, max_batch: int, context: int, max_waiting: int, api_key: str | None,
           model_name: str | None, media_dir: Path | None, max_body_mb: int, max_image_pixels: int,
-          max_video_frames: int, threads: int) -> None:
+          max_video_frames: int, threads: int, use_ray: bool, replicas: int) -> None:
     """Serve EXPORT_DIR over an OpenAI-compatible API (/v1/chat/completions), with continuous batching.
 
-    Needs the serve extra: pip install 'qvl-compile[serve]'.
+    Needs the serve extra: pip install 'qvl-compile[serve]' (with --ray: 'qvl-compile[ray]').
     """
     from qvl_compile.serve.media import MediaLimits
     from qvl_compile.serve.server import ServerSettings
@@ -520,7 +577,18 @@ def serve(export_dir: Path, host: str, port: int, max_batch: int, context: int, 
     limits = MediaLimits(max_image_pixels=max_image_pixels, max_video_frames=max_video_frames, media_dir=media_dir)
     settings = ServerSettings(export_dir, host, port, max_batch, context, max_waiting, threads, api_key, model_name,
                               max_body_mb * 2**20, limits)
-    run_server(settings, announce=lambda line: click.echo(line, err=True))
+    announce = functools.partial(click.echo, err=True)
+    if not use_ray:
+        run_server(settings, announce=announce)
+        return
+    from qvl_compile.manifest import check_files, read_manifest
+
+    check_files(export_dir, read_manifest(export_dir).assets)  # a bad folder fails here, not in every replica
+    try:
+        from qvl_compile.cluster.ray_serve import serve_on_ray
+    except ImportError as exc:
+        raise QvlError(f"--ray needs the ray extra: pip install 'qvl-compile[ray]' ({exc})") from None
+    serve_on_ray(settings, replicas, announce=announce)
 
 
 @main.command()

@@ -24,6 +24,7 @@ class ServerSettings:
     model_name: str | None = None
     max_body_bytes: int = 32 * 2**20
     limits: MediaLimits = MediaLimits()
+    verify_hashes: bool = False  # sha256 of every file before loading (Ray replicas, which may be on another node)
 
 
 def build_app(settings: ServerSettings):
@@ -34,7 +35,7 @@ def build_app(settings: ServerSettings):
 
     if settings.limits.media_dir is not None and not settings.limits.media_dir.is_dir():
         raise QvlError(f"--media-dir: expected a directory, got {str(settings.limits.media_dir)!r}")
-    pipe = Pipeline(settings.export_dir, intra_op_threads=settings.threads)
+    pipe = Pipeline(settings.export_dir, intra_op_threads=settings.threads, verify_hashes=settings.verify_hashes)
     context = min(settings.context, pipe.max_context) if pipe.max_context else settings.context
     engine = Engine(pipe, EngineConfig(max_batch=settings.max_batch, context=context, max_waiting=settings.max_waiting))
     name = settings.model_name or Path(settings.export_dir).resolve().name

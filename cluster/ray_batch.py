@@ -1,0 +1,71 @@
+"""`qvl-compile batch --ray`: the cases on Ray Data, answered by an actor pool of loaded pipelines.
+
+    run_on_ray(export_dir, cases, log, workers=4, threads=1, defaults=BatchOptions(), on_result=print)
+
+Ray is the one named by `RAY_ADDRESS` (a cluster's head, `ray start --head`), or a local Ray started here when it
+is unset. Every actor loads `export_dir` from its own node, checking the manifest's hashes first, so the folder
+must be at the same path on every node (a shared filesystem, or a copy synced beforehand); so must the cases'
+media. Rows travel as JSON strings (one column), which keeps Arrow from guessing types for optional fields.
+
+Exactly once: the driver (this process) alone writes OUTPUT, through the `ResultLog` (a duplicate id is
+dropped). An actor that dies is restarted by Ray and the case it held is retried on another actor, up to
+`MAX_ATTEMPTS` times; a case still unanswered after the run becomes an error line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from qvl_compile.runtime.batch import BatchOptions, ResultLog, error_line, run_case
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3  # tries of one case (Ray's task retries after an actor died)
+MAX_BLOCKS = 10_000  # one case per block up to this many: an actor's death redoes little work
+
+
+class CaseActor:
+    """One Ray Data actor: a pipeline loaded once, answering a batch of cases (JSON strings) per call."""
+
+    def __init__(self, export_dir: str, threads: int, defaults: BatchOptions):
+        from qvl_compile.runtime.pipeline import Pipeline
+
+        self.pipe = Pipeline(export_dir, intra_op_threads=threads, verify_hashes=True)
+        self.defaults = defaults
+
+    def __call__(self, batch: dict) -> dict:
+        return {"line": [json.dumps(run_case(self.pipe, json.loads(case), self.defaults)) for case in batch["case"]]}
+
+
+def _restarts() -> dict:
+    """A killed actor comes back (reloading its pipeline); the case it held is tried again elsewhere."""
+    return {"max_restarts": -1, "max_task_retries": MAX_ATTEMPTS - 1}
+
+
+def run_on_ray(export_dir: str | Path, cases: list[dict], result_log: ResultLog, workers: int, threads: int,
+               defaults: BatchOptions, on_result: Callable[[dict], None] = lambda line: None) -> None:
+    """Answer every case with `workers` actors of `threads` CPUs each; results written once by this process."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would break the CLI's progress bar
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI draws its own
+    context.max_errored_blocks = -1  # a case that exhausts its retries is reported below, not fatal
+    rows = ray.data.from_items([{"case": json.dumps(case)} for case in cases], override_num_blocks=min(len(cases), MAX_BLOCKS))
+    with warnings.catch_warnings():  # Ray 2.60 deprecates these arguments and has no other way to bound retries
+        warnings.simplefilter("ignore", DeprecationWarning)
+        answers = rows.map_batches(
+            CaseActor, fn_constructor_args=(str(Path(export_dir).resolve()), threads, defaults), batch_size=1,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, **_restarts())
+    for row in answers.iter_rows():
+        line = json.loads(row["line"])
+        if result_log.write(line):
+            on_result(line)
+    for case in result_log.pending(cases):
+        line = error_line(case["id"], f"no answer after {MAX_ATTEMPTS} tries: the Ray actor running it died each time")
+        if result_log.write(line):
+            on_result(line)
