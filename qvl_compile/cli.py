@@ -523,15 +523,22 @@ def batch(export_dir: Path, input_file: Path, output_file: Path, workers: int, t
                    f"({results.errors} errors this run)", err=True)
 
 
+def _need_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise QvlError("--ray needs the ray extra: pip install 'qvl-compile[ray]' (ray is not installed)")
+
+
 def _batch_runner(use_ray: bool, workers: int):
     if not use_ray:
         from qvl_compile.runtime.batch_local import run_local
 
         return run_local
-    try:
-        from qvl_compile.cluster.ray_batch import connect, run_on_ray
-    except ImportError as exc:
-        raise QvlError(f"--ray needs the ray extra: pip install 'qvl-compile[ray]' ({exc})") from None
+    _need_ray()
+    from qvl_compile.cluster.connect import connect
+    from qvl_compile.cluster.ray_batch import run_on_ray
+
     click.echo(connect(), err=True)
     return run_on_ray
 
@@ -584,10 +591,9 @@ def serve(export_dir: Path, host: str, port: int, max_batch: int, context: int, 
     from qvl_compile.manifest import check_files, read_manifest
 
     check_files(export_dir, read_manifest(export_dir).assets)  # a bad folder fails here, not in every replica
-    try:
-        from qvl_compile.cluster.ray_serve import serve_on_ray
-    except ImportError as exc:
-        raise QvlError(f"--ray needs the ray extra: pip install 'qvl-compile[ray]' ({exc})") from None
+    _need_ray()
+    from qvl_compile.cluster.ray_serve import serve_on_ray
+
     serve_on_ray(settings, replicas, announce=announce)
 
 

@@ -8,8 +8,16 @@ import subprocess
 import sys
 
 import pytest
-from batch_cases import (BAD_CASES, check_exactly_once, worker_processes, generate_replies, kill_one_mid_run, read_results,
-                         wait_for, write_batch_input)
+from batch_cases import (
+    BAD_CASES,
+    check_exactly_once,
+    generate_replies,
+    kill_one_mid_run,
+    read_results,
+    wait_for,
+    worker_processes,
+    write_batch_input,
+)
 
 pytestmark = pytest.mark.torch_free
 
@@ -45,7 +53,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(export, batch_inpu
     assert process.returncode == 0, err
     results = check_exactly_once(output, batch_input, expected)
     assert written_before_the_kill < len(results) - 10, "the kill came too late to test anything"
-    assert f"died (exit code -9) on case" in err, err  # it held a case, which went back to the queue
+    assert "died (exit code -9) on case" in err, err  # it held a case, which went back to the queue
     assert victim not in worker_processes(process.pid)
     assert f"{len(expected) + len(BAD_CASES)} of {len(expected) + len(BAD_CASES)} cases" in err
 
@@ -112,3 +120,14 @@ def test_the_result_log_writes_an_id_once(tmp_path):
         assert log.write({"id": "a", "text": "first"})
         assert not log.write({"id": "a", "text": "again"})
     assert read_results(tmp_path / "out.jsonl") == [{"id": "a", "text": "first"}]
+
+
+def test_ray_without_the_extra_is_one_line(export, batch_input, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed here")
+    run = subprocess.run(batch_command(export, batch_input, tmp_path / "out.jsonl", "--ray"), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip().endswith("--ray needs the ray extra: pip install "
+                                                                "'qvl-compile[ray]' (ray is not installed)"), run.stderr
