@@ -513,10 +513,10 @@ def batch(export_dir: Path, input_file: Path, output_file: Path, workers: int, t
     cases = read_batch_cases(input_file)
     check_files(export_dir, read_manifest(export_dir).assets, hashes=not use_ray)  # Ray actors check on their nodes
     defaults = BatchOptions(max_new_tokens=max_new_tokens, greedy=not sample, seed=seed)
+    run = _batch_runner(use_ray)
     with ResultLog(output_file) as results:
         pending = results.pending(cases)
         click.echo(f"{len(cases) - len(pending)} of {len(cases)} cases already in {output_file}", err=True)
-        run = _batch_runner(use_ray, workers)
         with click.progressbar(length=len(pending), label="answering", file=sys.stderr, show_pos=True) as bar:
             run(export_dir, pending, results, workers, threads, defaults, on_result=lambda line: bar.update(1))
         click.echo(f"wrote {len(results.done)} of {len(cases)} cases to {output_file} "
@@ -530,7 +530,7 @@ def _need_ray() -> None:
         raise QvlError("--ray needs the ray extra: pip install 'qvl-compile[ray]' (ray is not installed)")
 
 
-def _batch_runner(use_ray: bool, workers: int):
+def _batch_runner(use_ray: bool):
     if not use_ray:
         from qvl_compile.runtime.batch_local import run_local
 

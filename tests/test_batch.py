@@ -129,5 +129,6 @@ def test_ray_without_the_extra_is_one_line(export, batch_input, tmp_path):
         pytest.skip("ray is installed here")
     run = subprocess.run(batch_command(export, batch_input, tmp_path / "out.jsonl", "--ray"), capture_output=True,
                          text=True, timeout=120)
+    assert not (tmp_path / "out.jsonl").exists()
     assert run.returncode == 1 and run.stderr.strip().endswith("--ray needs the ray extra: pip install "
                                                                 "'qvl-compile[ray]' (ray is not installed)"), run.stderr
