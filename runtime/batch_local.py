@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -28,6 +29,8 @@ MAX_LOAD_FAILURES = 3  # workers in a row that died before they were ready
 def _worker(export_dir: str, threads: int, defaults: BatchOptions, conn) -> None:
     """A worker process: load the pipeline, then answer cases until the driver sends None."""
     from qvl_compile.runtime.pipeline import Pipeline
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the driver decides, then stops us
 
     try:
         pipe = Pipeline(export_dir, intra_op_threads=threads)
