@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from qvl_compile.errors import QvlError
 from qvl_compile.runtime.batch import BatchOptions, ResultLog, error_line, run_case
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,15 @@ class CaseActor:
 
     def __call__(self, batch: dict) -> dict:
         return {"line": [json.dumps(run_case(self.pipe, json.loads(case), self.defaults)) for case in batch["case"]]}
+
+
+def _failure(exc: Exception) -> str:
+    """One line for a Ray job that stopped: the actor's own QvlError (a bad export on its node) when there is one."""
+    ours = re.findall(r"QvlError: (.+)", str(exc))
+    if ours:
+        return f"a Ray actor could not load the export: {ours[-1].strip()}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"the Ray job stopped: {type(exc).__name__}: {first}"
 
 
 def _restarts() -> dict:
@@ -60,10 +71,13 @@ def run_on_ray(export_dir: str | Path, cases: list[dict], result_log: ResultLog,
         answers = rows.map_batches(
             CaseActor, fn_constructor_args=(str(Path(export_dir).resolve()), threads, defaults), batch_size=1,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, **_restarts())
-    for row in answers.iter_rows():
-        line = json.loads(row["line"])
-        if result_log.write(line):
-            on_result(line)
+    try:
+        for row in answers.iter_rows():
+            line = json.loads(row["line"])
+            if result_log.write(line):
+                on_result(line)
+    except Exception as exc:  # Ray wraps the actor's own error in its traceback text
+        raise QvlError(_failure(exc)) from exc
     for case in result_log.pending(cases):
         line = error_line(case["id"], f"no answer after {MAX_ATTEMPTS} tries: the Ray actor running it died each time")
         if result_log.write(line):

@@ -108,6 +108,23 @@ def test_batch_on_ray_data_with_an_actor_killed_mid_run(export, ray_env, tmp_pat
     assert "Ray at 127.0.0.1:" in err and victim not in pids_matching(BATCH_ACTOR)
 
 
+def test_an_actor_on_a_changed_export_stops_the_batch_with_one_line(export, ray_env, tmp_path):
+    """The driver checks sizes; each actor checks sha256 on its own node, as a stale copy on one node would fail."""
+    changed = tmp_path / "export"
+    shutil.copytree(export, changed)
+    data = bytearray((changed / "decoder.onnx").read_bytes())
+    data[-10] ^= 1  # same size, other bytes
+    (changed / "decoder.onnx").write_bytes(bytes(data))
+    batch_input = write_batch_input(tmp_path / "cases", per_task=1)
+    run = subprocess.run([sys.executable, "-m", "qvl_compile.cli", "batch", str(changed), str(batch_input),
+                          str(tmp_path / "out.jsonl"), "--ray"], capture_output=True, text=True, env=ray_env,
+                         timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (f"error: a Ray actor could not load the export: {changed}/decoder.onnx: "
+                                                   "sha256 differs from manifest.json (file changed after export)")
+    assert (tmp_path / "out.jsonl").read_text() == ""
+
+
 def _greedy_to_length(pipe, case, max_tokens: int) -> str:
     """What the server must answer for a request with temperature 0, ignore_eos and max_tokens."""
     from test_serve import runtime_messages
@@ -150,6 +167,9 @@ def test_serve_on_ray_replaces_a_killed_replica_and_loses_no_request(export, ray
                                                    temperature=0, extra_body={"ignore_eos": True})
             return reply.choices[0].message.content
 
+        stream = client.chat.completions.create(model="tiny", messages=api_messages(cases[0]), max_tokens=48,
+                                                temperature=0, extra_body={"ignore_eos": True}, stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == expected[0]
         with ThreadPoolExecutor(len(cases)) as pool:
             futures = [pool.submit(ask, case) for case in cases]
             wait_for(lambda: sum(f.done() for f in futures) >= 2, 120, "the first replies", poll=0.02)
