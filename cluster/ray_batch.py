@@ -61,6 +61,10 @@ def run_on_ray(export_dir: str | Path, cases: list[dict], result_log: ResultLog,
     """Answer every case with `workers` actors of `threads` CPUs each; results written once by this process."""
     import ray.data
 
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < workers * threads:  # an autoscaling cluster may still grow; a fixed one would wait forever
+        log.warning("%d workers x %d threads need %d CPUs; the Ray cluster has %g now", workers, threads,
+                    workers * threads, cpus)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would break the CLI's progress bar
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws its own

@@ -519,7 +519,8 @@ def batch(export_dir: Path, input_file: Path, output_file: Path, workers: int, t
         click.echo(f"{len(cases) - len(pending)} of {len(cases)} cases already in {output_file}", err=True)
         with click.progressbar(length=len(pending), label="answering", file=sys.stderr, show_pos=True) as bar:
             run(export_dir, pending, results, workers, threads, defaults, on_result=lambda line: bar.update(1))
-        click.echo(f"wrote {len(results.done)} of {len(cases)} cases to {output_file} "
+        done = sum(case["id"] in results.done for case in cases)
+        click.echo(f"wrote {done} of {len(cases)} cases to {output_file} "
                    f"({results.errors} errors this run)", err=True)
 
 
