@@ -22,13 +22,6 @@ import numpy as np
 SETTINGS = {"prepacked (default)": {}, "disable_prepacking": {"session.disable_prepacking": "1"}}
 
 
-def _hwm_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e6
-    return float("nan")
-
-
 def measure(export_dir: Path, setting: str, context: int, tokens: int, threads: int) -> dict:
     """One process's figures (run in a child): the decoder's session rebuilt with the setting's config entries."""
     import onnxruntime as ort
@@ -37,6 +30,7 @@ def measure(export_dir: Path, setting: str, context: int, tokens: int, threads: 
 
     sys.path.insert(0, str(Path(__file__).parent))
     from decoder_speed import Ours
+    from moe_decode import peak_rss_gb
 
     def session_with_setting(path, providers=None, intra_op_threads=0, mem_pattern=False):
         """runtime.session.make_session's options plus the setting's config entries."""
@@ -48,10 +42,10 @@ def measure(export_dir: Path, setting: str, context: int, tokens: int, threads: 
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     runtime_decoder.make_session = session_with_setting  # the decoder's only session factory
     run = Ours(export_dir, threads, None, export_dir)
-    loaded = _hwm_gb()
+    loaded = peak_rss_gb()
     ids = np.random.default_rng(0).integers(0, run.decoder.facts.vocab_size, context)
     speed = run.decode(ids, tokens)
-    return {"loaded": loaded, "peak": _hwm_gb(), "tokens_per_s": speed}
+    return {"loaded": loaded, "peak": peak_rss_gb(), "tokens_per_s": speed}
 
 
 def main() -> None:
