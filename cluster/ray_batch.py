@@ -2,14 +2,14 @@
 
     run_on_ray(export_dir, cases, log, workers=4, threads=1, defaults=BatchOptions(), on_result=print)
 
-Ray is the one named by `RAY_ADDRESS` (a cluster's head, `ray start --head`), or a local Ray started here when it
-is unset. Every actor loads `export_dir` from its own node, checking the manifest's hashes first, so the folder
+Ray is the one `connect()` joined: the cluster named by `RAY_ADDRESS` (a head started with `ray start --head`), or a
+local Ray when it is unset. Every actor loads `export_dir` from its own node, checking the manifest's hashes first, so the folder
 must be at the same path on every node (a shared filesystem, or a copy synced beforehand); so must the cases'
 media. Rows travel as JSON strings (one column), which keeps Arrow from guessing types for optional fields.
 
 Exactly once: the driver (this process) alone writes OUTPUT, through the `ResultLog` (a duplicate id is
-dropped). An actor that dies is restarted by Ray and the case it held is retried on another actor, up to
-`MAX_ATTEMPTS` times; a case still unanswered after the run becomes an error line.
+dropped). An actor that dies is restarted by Ray, which runs the case it held again, up to `MAX_ATTEMPTS` times in
+all; a case still unanswered after the run becomes an error line.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _failure(exc: Exception) -> str:
 
 
 def _restarts() -> dict:
-    """A killed actor comes back (reloading its pipeline); the case it held is tried again elsewhere."""
+    """A killed actor comes back (reloading its pipeline) and runs the case it held again."""
     return {"max_restarts": -1, "max_task_retries": MAX_ATTEMPTS - 1}
 
 
@@ -60,6 +60,9 @@ def run_on_ray(export_dir: str | Path, cases: list[dict], result_log: ResultLog,
                defaults: BatchOptions, on_result: Callable[[dict], None] = lambda line: None) -> None:
     """Answer every case with `workers` actors of `threads` CPUs each; results written once by this process."""
     import ray.data
+
+    if not cases:
+        return
 
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < workers * threads:  # an autoscaling cluster may still grow; a fixed one would wait forever
@@ -74,7 +77,10 @@ def run_on_ray(export_dir: str | Path, cases: list[dict], result_log: ResultLog,
         warnings.simplefilter("ignore", DeprecationWarning)
         answers = rows.map_batches(
             CaseActor, fn_constructor_args=(str(Path(export_dir).resolve()), threads, defaults), batch_size=1,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, **_restarts())
+            batch_format="numpy", num_cpus=threads, **_restarts(),
+            # One case per actor at a time: Ray retries a task on the same (restarted) actor, so a case queued
+            # behind one that kills its actor would spend its own retries.
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1))
     try:
         for row in answers.iter_rows():
             line = json.loads(row["line"])
@@ -83,6 +89,7 @@ def run_on_ray(export_dir: str | Path, cases: list[dict], result_log: ResultLog,
     except Exception as exc:  # Ray wraps the actor's own error in its traceback text
         raise QvlError(_failure(exc)) from exc
     for case in result_log.pending(cases):
-        line = error_line(case["id"], f"no answer after {MAX_ATTEMPTS} tries: the Ray actor running it died each time")
+        line = error_line(case["id"], f"no answer after {MAX_ATTEMPTS} tries: the Ray task running it failed "
+                                      "each time (see Ray's logs)")
         if result_log.write(line):
             on_result(line)

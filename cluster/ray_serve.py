@@ -54,19 +54,26 @@ def deployment(settings: ServerSettings, replicas: int, cpus_per_replica: float)
 
 
 def serve_on_ray(settings: ServerSettings, replicas: int, announce=print) -> None:
+    """Deploy, then block until Ctrl-C or SIGTERM; the app is deleted on the way out. Serve itself is shut down only
+    on a local Ray started here: on a shared cluster other applications may be using it."""
+    import os
+
     from qvl_compile.cluster.connect import connect
 
+    local = not os.environ.get("RAY_ADDRESS")
     announce(connect())
+    settings = replace(settings, threads=settings.threads or 1)  # a replica reserves as many CPUs as it uses
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    cpus = float(settings.threads or 1)
-    serve.run(deployment(settings, replicas, cpus), name=APP_NAME, route_prefix="/")
-    announce(f"serving {settings.export_dir} on http://{settings.host}:{settings.port}/v1 with {replicas} Ray Serve "
-             f"replicas ({cpus:g} CPUs each)")
     try:
+        serve.run(deployment(settings, replicas, float(settings.threads)), name=APP_NAME, route_prefix="/")
+        announce(f"serving {settings.export_dir} on http://{settings.host}:{settings.port}/v1 with {replicas} "
+                 f"Ray Serve replicas ({settings.threads} CPU and thread(s) each)")
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
         serve.delete(APP_NAME)
-        serve.shutdown()
+        if local:
+            serve.shutdown()

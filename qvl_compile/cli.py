@@ -517,18 +517,26 @@ def batch(export_dir: Path, input_file: Path, output_file: Path, workers: int, t
     with ResultLog(output_file) as results:
         pending = results.pending(cases)
         click.echo(f"{len(cases) - len(pending)} of {len(cases)} cases already in {output_file}", err=True)
-        with click.progressbar(length=len(pending), label="answering", file=sys.stderr, show_pos=True) as bar:
-            run(export_dir, pending, results, workers, threads, defaults, on_result=lambda line: bar.update(1))
+        if pending:
+            with click.progressbar(length=len(pending), label="answering", file=sys.stderr, show_pos=True) as bar:
+                try:
+                    run(export_dir, pending, results, workers, threads, defaults, on_result=lambda _: bar.update(1))
+                except KeyboardInterrupt:
+                    raise QvlError(f"interrupted; the results so far stay in {output_file}: rerun to resume") from None
         done = sum(case["id"] in results.done for case in cases)
         click.echo(f"wrote {done} of {len(cases)} cases to {output_file} "
                    f"({results.errors} errors this run)", err=True)
 
 
-def _need_ray() -> None:
-    import importlib.util
+def _need_ray(part: str) -> None:
+    """`ray.data` or `ray.serve` importable, or one line naming the extra (not the export extra's hint)."""
+    import importlib
 
-    if importlib.util.find_spec("ray") is None:
-        raise QvlError("--ray needs the ray extra: pip install 'qvl-compile[ray]' (ray is not installed)")
+    try:
+        importlib.import_module(part)
+    except ImportError as exc:
+        missing = "ray is not installed" if exc.name in ("ray", None) else f"{part}: {exc}"
+        raise QvlError(f"--ray needs the ray extra: pip install 'qvl-compile[ray]' ({missing})") from None
 
 
 def _batch_runner(use_ray: bool):
@@ -536,12 +544,15 @@ def _batch_runner(use_ray: bool):
         from qvl_compile.runtime.batch_local import run_local
 
         return run_local
-    _need_ray()
+    _need_ray("ray.data")
     from qvl_compile.cluster.connect import connect
     from qvl_compile.cluster.ray_batch import run_on_ray
 
-    click.echo(connect(), err=True)
-    return run_on_ray
+    def run_connected(*args, **kwargs) -> None:  # Ray is joined only when there is work
+        click.echo(connect(), err=True)
+        run_on_ray(*args, **kwargs)
+
+    return run_connected
 
 
 @main.command()
@@ -592,7 +603,7 @@ def serve(export_dir: Path, host: str, port: int, max_batch: int, context: int, 
     from qvl_compile.manifest import check_files, read_manifest
 
     check_files(export_dir, read_manifest(export_dir).assets)  # a bad folder fails here, not in every replica
-    _need_ray()
+    _need_ray("ray.serve")
     from qvl_compile.cluster.ray_serve import serve_on_ray
 
     serve_on_ray(settings, replicas, announce=announce)

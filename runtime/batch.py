@@ -17,6 +17,7 @@ mid-line leaves a torn last line that the next run cuts off before appending.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -63,7 +64,7 @@ def read_batch_cases(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise QvlError(f"input file {str(path)!r} does not exist")
     cases, seen = [], set()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):  # JSON allows raw U+2028
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -92,15 +93,24 @@ class ResultLog:
             raise QvlError(f"cannot write {str(self.path)!r}: folder {str(self.path.parent)!r} does not exist")
         self.done: set[str] = set()
         self.errors = 0
-        self._repair_and_read()
         self._handle = open(self.path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # two drivers on one file would both write
+        except OSError:
+            self._handle.close()
+            raise QvlError(f"{self.path} is being written by another qvl-compile batch") from None
+        try:
+            self._repair_and_read()
+        except BaseException:
+            self._handle.close()
+            raise
 
     def _repair_and_read(self) -> None:
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         keep = len(data) if data.endswith(b"\n") or not data else data.rfind(b"\n") + 1
-        for number, line in enumerate(data[:keep].decode("utf-8").splitlines(), start=1):
+        for number, line in enumerate(data[:keep].decode("utf-8").split("\n")[:-1], start=1):
             try:
                 self.done.add(str(json.loads(line)["id"]))
             except (ValueError, KeyError, TypeError):

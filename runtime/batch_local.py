@@ -12,6 +12,7 @@ import collections
 import logging
 import multiprocessing
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -24,13 +25,13 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # deaths of a worker while it held the same case
 MAX_LOAD_FAILURES = 3  # workers in a row that died before they were ready
+CLOSE_SECONDS = 5.0  # for idle workers to leave on their own at the end (or on Ctrl-C) before they are killed
 
 
 def _worker(export_dir: str, threads: int, defaults: BatchOptions, conn) -> None:
     """A worker process: load the pipeline, then answer cases until the driver sends None."""
-    from qvl_compile.runtime.pipeline import Pipeline
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the driver decides, then stops us
+    from qvl_compile.runtime.pipeline import Pipeline
 
     try:
         pipe = Pipeline(export_dir, intra_op_threads=threads)
@@ -69,39 +70,43 @@ class LocalPool:
         self.running.append(_Worker(process, ours))
 
     def close(self) -> None:
+        """Ask every worker to stop; whatever still runs after CLOSE_SECONDS in all is killed."""
         for worker in self.running:
-            if worker.process.is_alive():
-                try:
-                    worker.conn.send(None)
-                except OSError:
-                    pass
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + CLOSE_SECONDS
         for worker in self.running:
-            worker.process.join(timeout=5)
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
+                worker.process.join()
         self.running.clear()
 
 
 def _on_death(pool: LocalPool, worker: _Worker, queue: collections.deque, attempts: collections.Counter,
               write: Callable[[dict], None]) -> None:
-    """Replace a dead worker; its case goes back to the queue, or becomes an error line after MAX_ATTEMPTS."""
+    """Its case goes back to the queue (an error line after MAX_ATTEMPTS); a replacement starts if work is left."""
     pool.running.remove(worker)
     code = worker.process.exitcode
+    held = worker.case["id"] if worker.case is not None else None
+    log.warning("worker %s died (exit code %s) holding %s", worker.process.name, code,
+                "no case" if held is None else f"case {held!r}")
     if not worker.ready:
         pool.load_failures += 1
         if pool.load_failures >= MAX_LOAD_FAILURES:
             raise QvlError(f"{MAX_LOAD_FAILURES} batch workers in a row died while loading {pool.export_dir} "
                            f"(last exit code {code})")
-    if worker.case is not None:
-        case_id = worker.case["id"]
-        attempts[case_id] += 1
-        log.warning("worker %s died (exit code %s) on case %r", worker.process.name, code, case_id)
-        if attempts[case_id] >= MAX_ATTEMPTS:
-            write(error_line(case_id, f"the worker died {MAX_ATTEMPTS} times while running this case "
-                                      f"(last exit code {code})"))
+    if held is not None:
+        attempts[held] += 1
+        if attempts[held] >= MAX_ATTEMPTS:
+            write(error_line(held, f"the worker died {MAX_ATTEMPTS} times while running this case "
+                                   f"(last exit code {code})"))
         else:
             queue.appendleft(worker.case)
-    pool.start_worker()
+    if queue:
+        pool.start_worker()
 
 
 def _on_message(pool: LocalPool, worker: _Worker, queue: collections.deque, write: Callable[[dict], None]) -> None:
@@ -114,8 +119,12 @@ def _on_message(pool: LocalPool, worker: _Worker, queue: collections.deque, writ
         write(payload)
         worker.case = None
     if worker.case is None and queue:
-        worker.case = queue.popleft()
-        worker.conn.send(worker.case)
+        case = queue.popleft()
+        try:
+            worker.conn.send(case)
+            worker.case = case
+        except OSError:  # it died after its last message: the case never reached it; its sentinel reports the death
+            queue.appendleft(case)
 
 
 def run_local(export_dir: str | Path, cases: list[dict], result_log: ResultLog, workers: int, threads: int,
@@ -131,7 +140,7 @@ def run_local(export_dir: str | Path, cases: list[dict], result_log: ResultLog, 
     try:
         for _ in range(min(workers, len(cases))):
             pool.start_worker()
-        while pool.running and (queue or any(w.case is not None or not w.ready for w in pool.running)):
+        while queue or any(w.case is not None for w in pool.running):
             by_handle = {w.conn: w for w in pool.running} | {w.process.sentinel: w for w in pool.running}
             for handle in wait(list(by_handle)):
                 worker = by_handle[handle]
@@ -141,7 +150,7 @@ def run_local(export_dir: str | Path, cases: list[dict], result_log: ResultLog, 
                     try:
                         _on_message(pool, worker, queue, write)
                         continue
-                    except (EOFError, ConnectionResetError):
+                    except (EOFError, OSError):
                         pass  # died mid-message: handled as a death below
                 if not worker.process.is_alive() or handle is not worker.conn:
                     worker.process.join()

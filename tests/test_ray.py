@@ -106,6 +106,11 @@ def test_batch_on_ray_data_with_an_actor_killed_mid_run(export, ray_env, tmp_pat
     results = check_exactly_once(output, batch_input, expected)
     assert written_before_the_kill < len(results) - 10, "the kill came too late to test anything"
     assert "Ray at 127.0.0.1:" in err and victim not in pids_matching(BATCH_ACTOR)
+    before = output.read_bytes()
+    again = subprocess.run([sys.executable, "-m", "qvl_compile.cli", "batch", str(export), str(batch_input),
+                            str(output), "--ray"], capture_output=True, text=True, env=ray_env, timeout=120)
+    assert again.returncode == 0, again.stderr  # all done: nothing to run, Ray not even joined
+    assert f"{len(results)} of {len(results)} cases already" in again.stderr and output.read_bytes() == before
 
 
 def test_an_actor_on_a_changed_export_stops_the_batch_with_one_line(export, ray_env, tmp_path):
