@@ -38,3 +38,34 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_case_lines(path: str | Path, what: str, id_of) -> list[tuple[str, str, dict]]:
+    """(where, id, object) for each non-blank line of a JSONL file of cases (`eval`'s and `batch`'s inputs).
+
+    Checked before anything runs, each failure one line naming file:line: a JSON object per line, an id that
+    `id_of(raw, where)` accepts (it raises otherwise and returns the id as a string), no id twice, some cases.
+    Lines end at "\\n" only: JSON allows a raw U+2028 inside a string, which `str.splitlines` would split at.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QvlError(f"{what} {str(path)!r} does not exist")
+    found, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            raw = json.loads(line)
+        except ValueError as exc:
+            raise QvlError(f"{where}: expected one JSON object per line ({exc})") from None
+        if not isinstance(raw, dict):
+            raise QvlError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        case_id = id_of(raw, where)
+        if case_id in seen:
+            raise QvlError(f"{where}: id {case_id!r} appears twice")
+        seen.add(case_id)
+        found.append((where, case_id, raw))
+    if not found:
+        raise QvlError(f"{path}: holds no cases")
+    return found

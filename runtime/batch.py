@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qvl_compile.errors import QvlError
+from qvl_compile.jsonfile import read_case_lines
 
 VIDEO_FPS = 2.0  # frame lists are taken as already sampled at this rate (as in `qvl-compile eval`)
 OPTION_TYPES = {"max_new_tokens": int, "greedy": bool, "seed": int, "temperature": float, "top_p": float,
@@ -60,28 +61,9 @@ def _absolute(raw: dict, folder: Path) -> dict:
 
 def read_batch_cases(path: str | Path) -> list[dict]:
     """The cases of a JSONL file (ids as strings, media paths absolute); one-line errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise QvlError(f"input file {str(path)!r} does not exist")
-    cases, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):  # JSON allows raw U+2028
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            raw = json.loads(line)
-        except ValueError as exc:
-            raise QvlError(f"{where}: expected one JSON object per line ({exc})") from None
-        if not isinstance(raw, dict):
-            raise QvlError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        case_id = _case_id(raw, where)
-        if case_id in seen:
-            raise QvlError(f"{where}: id {case_id!r} appears twice")
-        seen.add(case_id)
-        cases.append({**_absolute(raw, path.parent.resolve()), "id": case_id})
-    if not cases:
-        raise QvlError(f"{path}: holds no cases")
-    return cases
+    folder = Path(path).parent.resolve()
+    return [{**_absolute(raw, folder), "id": case_id}
+            for _, case_id, raw in read_case_lines(path, "input file", _case_id)]
 
 
 class ResultLog:

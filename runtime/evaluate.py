@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qvl_compile.errors import QvlError
+from qvl_compile.jsonfile import read_case_lines
 from qvl_compile.runtime.grounding import iou, parse_boxes
 
 MIN_IOU = 0.5
@@ -49,37 +50,24 @@ def _paths(value, field: str, where: str, folder: Path) -> tuple[Path, ...]:
     return paths
 
 
+def _checked_id(raw: dict, where: str) -> str:
+    for key in ("id", "prompt", "answer"):
+        if not isinstance(raw.get(key), (str, int)) or isinstance(raw.get(key), bool):
+            raise QvlError(f"{where}: expected {key!r} as a string, got {json.dumps(raw.get(key))}")
+    return str(raw["id"])
+
+
 def read_cases(path: str | Path) -> list[EvalCase]:
     """Every case of a JSONL file, checked before anything runs (one-line errors name the line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise QvlError(f"cases file {str(path)!r} does not exist")
-    cases, seen = [], set()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            raw = json.loads(line)
-        except ValueError as exc:
-            raise QvlError(f"{where}: expected one JSON object per line ({exc})") from None
-        if not isinstance(raw, dict):
-            raise QvlError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        for key in ("id", "prompt", "answer"):
-            if not isinstance(raw.get(key), (str, int)) or isinstance(raw.get(key), bool):
-                raise QvlError(f"{where}: expected {key!r} as a string, got {json.dumps(raw.get(key))}")
-        case_id = str(raw["id"])
-        if case_id in seen:
-            raise QvlError(f"{where}: id {case_id!r} appears twice")
-        seen.add(case_id)
+    folder = Path(path).parent
+    cases = []
+    for where, case_id, raw in read_case_lines(path, "cases file", _checked_id):
         video = raw.get("video")
         cases.append(EvalCase(
             id=case_id, task=str(raw.get("task") or "unlabelled"), prompt=str(raw["prompt"]),
-            images=_paths(raw.get("images") or [], "images", where, path.parent),
-            video=None if video is None else _paths(video, "video", where, path.parent),
+            images=_paths(raw.get("images") or [], "images", where, folder),
+            video=None if video is None else _paths(video, "video", where, folder),
             answer=str(raw["answer"])))
-    if not cases:
-        raise QvlError(f"{path}: holds no cases")
     return cases
 
 

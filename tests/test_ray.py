@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from batch_cases import check_exactly_once, generate_replies, kill_one_mid_run, pids_matching, wait_for, write_batch_input
+from test_serve import free_port
 
 pytestmark = pytest.mark.torch_free
 
@@ -32,12 +33,6 @@ openai = pytest.importorskip("openai")
 BATCH_ACTOR = "ray::MapWorker(MapBatches(CaseActor))"
 SERVE_REPLICA = "ray::ServeReplica:qvl-compile:ChatReplica"
 RAY_UP_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def listening(port: int) -> bool:
