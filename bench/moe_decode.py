@@ -62,13 +62,19 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every MoE decode measurement takes (this script's and moe_prepacking.py's)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="LABEL=OUT_DIR")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> None:
+    parser = run_arguments(__doc__)
     parser.add_argument("--depths", nargs=2, metavar=("SHALLOW", "DEEP"),
                         help="labels of two runs of one architecture at different depths: per-layer cost by difference")
     parser.add_argument("--dense", metavar="LABEL", help="a dense run whose per-layer cost uses the same fixed cost")

@@ -49,12 +49,10 @@ def measure(export_dir: Path, setting: str, context: int, tokens: int, threads: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="LABEL=OUT_DIR")
-    parser.add_argument("--context", type=int, default=512)
-    parser.add_argument("--decode-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from moe_decode import run_arguments
+
+    parser = run_arguments(__doc__)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # OUT_DIR SETTING
     args = parser.parse_args()
     if args.child:
