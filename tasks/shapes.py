@@ -26,6 +26,7 @@ MIN_SHAPE, MAX_SHAPE = 0.2, 0.45  # a shape's side as a fraction of min(width, h
 MOTION_FRAMES = 4
 MIN_STEP, MAX_STEP = 0.08, 0.15  # motion per frame, fraction of the image's width (or height)
 BACKGROUND = (255, 255, 255)
+BOXES_KEY = "shape_boxes"  # image.info entry: the drawn shapes' boxes (for training targets; never saved in a PNG)
 MIN_GAP = 0.02  # white space between two shapes' boxes, fraction of min(width, height)
 
 
@@ -72,6 +73,7 @@ def draw(size: tuple[int, int], shapes: list[Shape]) -> Image.Image:
             pen.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)
         else:  # upright: base along the bottom of the box, apex at the top centre
             pen.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=fill)
+    image.info[BOXES_KEY] = tuple(shape.box for shape in shapes)
     return image
 
 

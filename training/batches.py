@@ -11,6 +11,7 @@ import numpy as np
 
 from qvl_compile.training.examples import ExampleEncoder, collate
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
+from qvl_compile.training.vision_aux import batch_targets
 
 if TYPE_CHECKING:
     from qvl_compile.training.shapes import Stage
@@ -26,12 +27,14 @@ def _task_probabilities(stage: Stage) -> tuple[list[str], np.ndarray]:
 
 
 def make_batch(encoder: ExampleEncoder, stage: Stage, seed: int, step: int, size: int, ids: tuple[int, int]):
-    """-> (the cases' tasks, the collated batch) for one step; ids: the image and video placeholder token ids."""
+    """-> (the cases' tasks, the collated batch) for one step; ids: the image and video placeholder token ids.
+    The batch also holds the image tokens' position targets (training/vision_aux.py), used when that loss is on."""
     rng = np.random.default_rng([seed, step])
     names, p = _task_probabilities(stage)
     tasks = rng.choice(names, size=size, p=p)
-    examples = [encoder.encode(make_training_case(str(t), rng, stage.sizes)) for t in tasks]
-    return [e.task for e in examples], collate(examples, encoder.pad_id, *ids)
+    cases = [make_training_case(str(t), rng, stage.sizes) for t in tasks]
+    examples = [encoder.encode(case) for case in cases]
+    return [e.task for e in examples], {**collate(examples, encoder.pad_id, *ids), **batch_targets(cases, examples)}
 
 
 def _start_worker(checkpoint: str) -> None:

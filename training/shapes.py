@@ -26,6 +26,7 @@ from qvl_compile.tasks.shapes import SPEC_SIZES, ShapeSizes
 from qvl_compile.training.batches import BatchSource
 from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
+from qvl_compile.training.vision_aux import TARGET_KEYS, VisionAux
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,17 @@ EDGE_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 1.0),
            ("shape_side", 1.0), ("shape_edge", 4.0), ("ground_one", 1.5))),
 )
+# A fourth, with the dense position loss on (--vision-aux-weight): the tower's tokens carry no position until it is
+# on (bench/position_probe.py); the readouts of it (side, one edge, one box) beside the suite's ground, solved tasks
+# replayed.
+POSITION_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.0), ("motion", 0.5), ("two_images", 0.5),
+           ("shape_side", 1.0), ("shape_edge", 3.0), ("ground_one", 3.0), ("ground", 1.0))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
            "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
            "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES,
-           "edges": EDGE_STAGES}
+           "edges": EDGE_STAGES, "position": POSITION_STAGES}
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,9 @@ class TrainConfig:
     # one white background patch from another, and it starts 25x smaller than the patch features (RMS 0.06 vs ~1.5):
     # at Adam's ~lr per step it grows too slowly for grounding (docs/training.md, "Position").
     position_lr_scale: float = 1.0
+    # > 0: add this multiple of the dense position loss on the vision tower's image tokens (training/vision_aux.py):
+    # each token regresses its centre and the box it lies in, so that position reaches what the decoder reads
+    vision_aux_weight: float = 0.0
 
 
 def _lr(config: TrainConfig, step: int) -> float:
@@ -167,7 +178,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def _forward(model, batch: dict) -> torch.Tensor:
-    kwargs = {k: v for k, v in batch.items() if k != "labels"}
+    kwargs = {k: v for k, v in batch.items() if k != "labels" and k not in TARGET_KEYS}
     if "mm_token_type_ids" not in inspect.signature(model.forward).parameters:  # transformers 4.57
         kwargs.pop("mm_token_type_ids")
     return model(**kwargs, use_cache=False).logits
@@ -213,8 +224,8 @@ def _record_config(out_dir: Path, config: TrainConfig, start_from) -> None:
 POSITION_EMBEDDING = "visual.pos_embed.weight"
 
 
-def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    named = list(model.named_parameters())
+def _optimizer(model, config: TrainConfig, aux: VisionAux | None = None) -> torch.optim.Optimizer:
+    named = list(model.named_parameters()) + (list(aux.named_parameters()) if aux is not None else [])
     position = [p for n, p in named if n.endswith(POSITION_EMBEDDING)]
     decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(POSITION_EMBEDDING)]
     no_decay = [p for n, p in named if p.ndim < 2]
@@ -224,16 +235,18 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
                              lr=config.lr, betas=(0.9, 0.98))
 
 
-def _train_step(model, optimizer, batch: dict, lr: float) -> list[float]:
-    """One optimizer step on one batch; -> each example's loss."""
+def _train_step(model, optimizer, batch: dict, lr: float, aux: VisionAux | None = None,
+                aux_weight: float = 0.0) -> tuple[list[float], float]:
+    """One optimizer step on one batch; -> each example's loss, and the vision auxiliary loss (0 when off)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     losses = per_example_loss(_forward(model, batch), batch["labels"])
+    extra = aux.loss(batch) if aux is not None else torch.zeros(())
     optimizer.zero_grad(set_to_none=True)
-    losses.mean().backward()
+    (losses.mean() + aux_weight * extra).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    return losses.tolist()
+    return losses.tolist(), float(extra.detach())
 
 
 def _calibrated(config: TrainConfig, done: int, seconds: float) -> TrainConfig:
@@ -267,7 +280,8 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     model = load_full_model(Path(start_from or out_dir)).to(config.device).train()
     encoder = ExampleEncoder(out_dir)
     ids = (model.config.image_token_id, model.config.video_token_id)
-    optimizer = _optimizer(model, config)
+    aux = VisionAux(model) if config.vision_aux_weight > 0 else None
+    optimizer = _optimizer(model, config, aux)
     held_out = _held_out_examples(config, encoder)
     batches = BatchSource(out_dir, encoder, config.seed, config.batch, ids, config.workers)
     _record_config(out_dir, config, start_from)
@@ -278,9 +292,12 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     while step < config.steps:
         stage = config.stages[stage_index]
         tasks, batch = batches.get(step, stage, config.steps)
-        losses = _train_step(model, optimizer, _on(batch, config.device), _lr(config, step))
+        losses, aux_loss = _train_step(model, optimizer, _on(batch, config.device), _lr(config, step), aux,
+                                       config.vision_aux_weight)
         for task, loss in zip(tasks, losses):
             window.setdefault(task, []).append(loss)
+        if aux is not None:
+            window.setdefault("vision_aux", []).append(aux_loss)
         step += 1
         if config.time_budget and step == config.calibration_steps:
             config = _calibrated(config, step, time.time() - started)
@@ -324,6 +341,8 @@ def main(argv=None) -> None:
     parser.add_argument("--time-budget", type=float, default=TrainConfig.time_budget,
                         help="seconds: choose --steps (as a cap) from the speed of the first steps")
     parser.add_argument("--held-out", type=int, default=TrainConfig.held_out, help="held-out cases per task")
+    parser.add_argument("--vision-aux-weight", type=float, default=TrainConfig.vision_aux_weight,
+                        help="weight of the dense position loss on the vision tower's image tokens (0: off)")
     parser.add_argument("--position-lr-scale", type=float, default=TrainConfig.position_lr_scale,
                         help="the vision position embedding's learning rate as a multiple of --lr")
     args = parser.parse_args(argv)
@@ -331,7 +350,7 @@ def main(argv=None) -> None:
     config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                          stages=RECIPES[args.recipe], device=args.device, workers=args.workers,
                          time_budget=args.time_budget, held_out=args.held_out,
-                         position_lr_scale=args.position_lr_scale)
+                         position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight)
     train(args.out_dir, config, args.start_from)
 
 

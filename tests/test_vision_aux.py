@@ -1,0 +1,48 @@
+"""The training-only dense position loss (training/vision_aux.py): its targets name the right tokens, and one
+training step with it moves the head and the vision tower."""
+import numpy as np
+import torch
+
+from qvl_compile.tasks.shapes import Shape, draw
+from qvl_compile.training.examples import ExampleEncoder
+from qvl_compile.training.shapes import Stage, TrainConfig, _optimizer, _train_step
+from qvl_compile.training.vision_aux import VisionAux, dense_targets
+
+
+def test_targets_give_each_token_its_centre_and_the_box_it_lies_in():
+    # 160 x 96 pixels, grid (1, 6, 10) patches -> 3 rows x 5 columns of merged tokens, each 32 x 32 pixels
+    image = draw((160, 96), [Shape("square", "red", (64, 32, 128, 96))])
+    target, inside = dense_targets(image, (1, 6, 10))
+    assert target.shape == (15, 6) and inside.shape == (15,)
+    centres = [((col * 32 + 16) / 160, (row * 32 + 16) / 96) for row in range(3) for col in range(5)]
+    np.testing.assert_allclose(target[:, :2], centres, rtol=1e-6)
+    # centres inside the box: x in {80, 112}, y in {48, 80}
+    expected = [64 <= x * 160 <= 128 and 32 <= y * 96 <= 96 for x, y in centres]
+    assert inside.astype(bool).tolist() == expected and inside.sum() == 4
+    np.testing.assert_allclose(target[inside == 1, 2:], [[0.4, 1 / 3, 0.8, 1.0]] * 4, rtol=1e-6)
+    assert not target[inside == 0, 2:].any()
+    frames, _ = dense_targets(image, (2, 6, 10))  # each temporal patch repeats the frame's tokens
+    np.testing.assert_array_equal(frames, np.concatenate([target, target]))
+
+
+def test_the_aux_loss_alone_trains_the_head_and_the_tower_and_falls(tiny_dir):
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
+    from qvl_compile.training.batches import make_batch
+
+    torch.manual_seed(0)
+    model = load_full_model(tiny_dir).train()
+    encoder = ExampleEncoder(tiny_dir)
+    stage = Stage((("ground", 1.0), ("motion", 1.0)))
+    _, batch = make_batch(encoder, stage, 3, 0, 4, (model.config.image_token_id, model.config.video_token_id))
+    assert batch["vision_targets"].shape[0] == sum(t * h * w // 4 for t, h, w in batch["image_grid_thw"].tolist())
+    assert batch["vision_inside"].sum() > 0
+    batch["labels"][:] = -100  # no reply loss: whatever moves now moves through the aux loss
+    aux = VisionAux(model)
+    optimizer = _optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.0), aux)
+    tower = model.model.visual.patch_embed.proj.weight.detach().clone()
+    head = aux.head[1].weight.detach().clone()
+    decoder = model.model.language_model.layers[0].mlp.up_proj.weight.detach().clone()
+    aux_losses = [_train_step(model, optimizer, batch, 1e-3, aux, 1.0)[1] for _ in range(6)]
+    assert not torch.equal(aux.head[1].weight, head) and not torch.equal(model.model.visual.patch_embed.proj.weight, tower)
+    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, decoder)
+    assert aux_losses[-1] < 0.5 * aux_losses[0], aux_losses

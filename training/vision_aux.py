@@ -1,0 +1,71 @@
+"""A dense auxiliary loss on the vision tower's merged image tokens, for training only (its head is not saved).
+
+Measured (docs/training.md, "Position"): the trained tower's output carries almost no absolute position (a linear
+probe reads a token's normalized x with R^2 ~ 0), so no amount of grounding data can teach the decoder a box: there
+is nothing to read. This head asks every merged image token to regress its own normalized centre (x, y), and every
+token whose centre lies inside a shape's box to regress that box (x1, y1, x2, y2, normalized), so position reaches
+the tokens the decoder reads. Boxes come from `tasks.shapes.draw` (image.info[BOXES_KEY]).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qvl_compile.tasks.shapes import BOXES_KEY
+
+TARGET_KEYS = ("vision_targets", "vision_inside")  # batch entries the model's forward does not take
+
+
+def dense_targets(image, grid: tuple[int, int, int], merge: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """-> [tokens, 6] (centre x, y, then the box it lies in, all 0..1 of the image), [tokens] 1.0 where inside a box.
+    Tokens in the tower's output order: frames, then rows, then columns of merged patches."""
+    frames, rows, cols = grid[0], grid[1] // merge, grid[2] // merge
+    centre_y, centre_x = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
+    centre_x, centre_y = centre_x.ravel(), centre_y.ravel()  # [rows * cols]
+    target = np.zeros((rows * cols, 6), np.float32)
+    inside = np.zeros(rows * cols, np.float32)
+    target[:, 0], target[:, 1] = centre_x, centre_y
+    width, height = image.size
+    for x1, y1, x2, y2 in image.info.get(BOXES_KEY, ()):
+        hit = (centre_x * width >= x1) & (centre_x * width <= x2) & (centre_y * height >= y1) & (centre_y * height <= y2)
+        target[hit, 2:] = (x1 / width, y1 / height, x2 / width, y2 / height)
+        inside[hit] = 1.0
+    return np.tile(target, (frames, 1)), np.tile(inside, frames)
+
+
+def batch_targets(cases, examples) -> dict[str, torch.Tensor]:
+    """The batch's image tokens' targets, in the order collate concatenates images; {} when there are no images."""
+    parts = [dense_targets(image, grid) for case, example in zip(cases, examples)
+             for image, grid in zip(case.images, example.image_grids)]
+    if not parts:
+        return {}
+    return {"vision_targets": torch.from_numpy(np.concatenate([t for t, _ in parts])),
+            "vision_inside": torch.from_numpy(np.concatenate([i for _, i in parts]))}
+
+
+class VisionAux(torch.nn.Module):
+    """A linear head on the tower's merged output, normalized first (the trained tower's tokens have norms near 30,
+    so an unnormalized head starts at a loss in the hundreds and its first gradients disturb the solved tasks);
+    `loss(batch)` after the model's forward on that batch."""
+
+    def __init__(self, model):
+        super().__init__()
+        hidden = model.config.vision_config.out_hidden_size
+        self.head = torch.nn.Sequential(torch.nn.LayerNorm(hidden, elementwise_affine=False),
+                                        torch.nn.Linear(hidden, 6)).to(model.device)
+        self._outputs: list[torch.Tensor] = []
+        model.model.visual.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self._outputs.append(output.pooler_output if hasattr(output, "pooler_output") else output[0])
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        outputs, self._outputs = self._outputs, []
+        if "vision_targets" not in batch:
+            return torch.zeros((), device=self.head[1].weight.device)
+        target, inside = batch["vision_targets"], batch["vision_inside"]
+        tokens = next(o for o in outputs if o.shape[0] == target.shape[0])  # the images' call, not the videos'
+        predicted = self.head(tokens)
+        centre = ((predicted[:, :2] - target[:, :2]) ** 2).mean()
+        box = (((predicted[:, 2:] - target[:, 2:]) ** 2).mean(1) * inside).sum() / inside.sum().clamp(min=1)
+        return centre + box
