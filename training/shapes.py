@@ -116,10 +116,20 @@ POSITION_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.0), ("count", 1.0), ("motion", 0.5), ("two_images", 0.5),
            ("shape_side", 1.0), ("shape_edge", 3.0), ("ground_one", 3.0), ("ground", 1.0))),
 )
+# A fifth: the first digit of an edge as the whole answer (shape_tenth), with the position loss on.
+TENTHS_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.0), ("motion", 0.5), ("two_images", 0.5),
+           ("shape_side", 0.5), ("shape_tenth", 4.0), ("ground_one", 2.0), ("ground", 1.0))),
+)
+# After tenths: the suite's box replies at most of each batch, the stones that read one number kept in.
+BOXES_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 0.5),
+           ("shape_side", 0.25), ("shape_tenth", 1.5), ("ground_one", 3.0), ("ground", 3.0))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
            "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
            "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES,
-           "edges": EDGE_STAGES, "position": POSITION_STAGES}
+           "edges": EDGE_STAGES, "position": POSITION_STAGES, "tenths": TENTHS_STAGES, "boxes": BOXES_STAGES}
 
 
 @dataclass(frozen=True)

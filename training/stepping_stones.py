@@ -73,10 +73,21 @@ def _shape_edge(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
                 (image,))
 
 
+def _shape_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+    """The first digit of a box's number as one answer: which tenth of the image's width (or height) the asked edge
+    of the one shape lies in, 0..9. One token, all of the example's loss; `shape_edge` spreads it over 3 digits."""
+    image, shape = single_shape(rng, sizes)
+    edge = str(rng.choice(list(_EDGES)))
+    index, across = _EDGES[edge]
+    size = image.size[0] if across == "width" else image.size[1]
+    return Case("shape_tenth", f"Which tenth of the image is the {edge} edge of the shape in?",
+                str(min(9, 10 * shape.box[index] // size)), (image,))
+
+
 _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
 _MAKERS = {"image_color": _image_color, "two_images_red": _two_images_asking("two_images_red", _RED),
            "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN), "ground_one": _ground_one,
-           "shape_side": _shape_side, "shape_edge": _shape_edge}
+           "shape_side": _shape_side, "shape_edge": _shape_edge, "shape_tenth": _shape_tenth}
 STEPPING_STONES = tuple(_MAKERS)
 TRAINING_TASKS = TASKS + STEPPING_STONES
 
