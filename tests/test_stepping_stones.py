@@ -36,7 +36,7 @@ def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(ston
 
 def test_stones_are_training_tasks_beside_the_suite():
     assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one", "shape_side",
-                                    "shape_edge"}
+                                    "shape_edge", "shape_tenth"}
     assert set(STEPPING_STONES) <= set(TRAINING_TASKS)
 
 
@@ -87,3 +87,24 @@ def test_shape_edge_is_the_asked_edge_of_the_drawn_shape():
         assert abs(int(case.answer) - drawn) <= 3 * scale + 1, (edge, case.answer, drawn)
         asked.append(edge)
     assert set(asked) == {"left", "top", "right", "bottom"}
+
+
+def test_shape_tenth_is_the_tenth_that_holds_the_asked_edge_of_the_drawn_shape():
+    """Read from the drawn pixels: the asked edge's position, as a fraction of the image's width or height, lies in
+    the answered tenth (within two pixels where the edge sits on a tenth's border)."""
+    rng = np.random.default_rng(11)
+    asked, answers = [], set()
+    for _ in range(CASES * 2):
+        case = make_training_case("shape_tenth", rng)
+        (image,) = case.images
+        edge = case.prompt.removeprefix("Which tenth of the image is the ").removesuffix(" edge of the shape in?")
+        ys, xs = np.nonzero((np.asarray(image.convert("RGB")) != 255).any(-1))
+        width, height = image.size
+        size = width if edge in ("left", "right") else height
+        drawn = {"left": xs.min(), "top": ys.min(), "right": xs.max() + 1, "bottom": ys.max() + 1}[edge]
+        tenth = int(case.answer)
+        assert 0 <= tenth <= 9 and case.answer == str(tenth)
+        assert tenth * size / 10 - 2 <= drawn <= (tenth + 1) * size / 10 + 2, (edge, tenth, drawn, size)
+        asked.append(edge)
+        answers.add(tenth)
+    assert set(asked) == {"left", "top", "right", "bottom"} and len(answers) >= 8
