@@ -3,16 +3,16 @@
 # seconds. Run from the repository root on a machine with torch, transformers, tokenizers, jinja2, numpy and Pillow
 # (the package itself need not be installed):
 #
-#     [RECIPE=grounding] [LRS="5e-4 1e-3"] [SEED=3] [START=checkpoint folder] bash training/gpu_run.sh OUT [BUDGET]
+#     [RECIPE=grounding] [LRS="5e-4 1e-3"] [SEED=3] [START=checkpoint folder] [AUX=10] bash training/gpu_run.sh OUT [BUDGET]
 #
-# START defaults to the committed checkpoint (`qvl-compile tiny`).
+# START defaults to the committed checkpoint (`qvl-compile tiny`). AUX: --vision-aux-weight (default 0, off).
 # OUT receives, per learning rate, the weights in parts of at most 15 MB (lr<LR>.safetensors.part-aa, -ab: join
 # them with cat) and runs.tar (each run's train_config.json, train_log.jsonl and console output).
 set -euo pipefail
 out=$(realpath "${1:?usage: gpu_run.sh OUT [BUDGET]}")
 budget=${2:-450}
 device=${DEVICE:-cuda} batch=${BATCH:-64}  # DEVICE=cpu BATCH=4 for a dry run on a laptop
-recipe=${RECIPE:-grounding} lrs=${LRS:-5e-4 1e-3} seed=${SEED:-3} start=${START:+$(realpath "$START")}
+recipe=${RECIPE:-grounding} lrs=${LRS:-5e-4 1e-3} seed=${SEED:-3} aux=${AUX:-0} start=${START:+$(realpath "$START")}
 work=$(mktemp -d)
 
 # The package as setuptools maps it (pyproject.toml's package-dir), without installing it.
@@ -27,7 +27,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 for lr in $lrs; do
     timeout $((budget + 90)) python3 -m qvl_compile.training.shapes "$work/lr$lr" --recipe "$recipe" \
         --start-from "$start" --batch "$batch" --lr "$lr" --seed "$seed" --device "$device" --workers 6 \
-        --time-budget "$budget" --held-out 64 > "$work/lr$lr.console.txt" 2>&1 &
+        --time-budget "$budget" --held-out 64 --vision-aux-weight "$aux" > "$work/lr$lr.console.txt" 2>&1 &
 done
 wait || true
 
