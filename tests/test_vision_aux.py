@@ -3,9 +3,10 @@ training step with it moves the head and the vision tower."""
 import numpy as np
 import torch
 
+from qvl_compile.runtime.preprocess import ImageProcessorConfig, preprocess_image
 from qvl_compile.tasks.shapes import Shape, draw
 from qvl_compile.training.examples import ExampleEncoder
-from qvl_compile.training.shapes import Stage, TrainConfig, _optimizer, _train_step
+from qvl_compile.training.shapes import Stage, TrainConfig, _forward, _optimizer, _train_step
 from qvl_compile.training.vision_aux import VisionAux, dense_targets
 
 
@@ -25,6 +26,19 @@ def test_targets_give_each_token_its_centre_and_the_box_it_lies_in():
     np.testing.assert_array_equal(frames, np.concatenate([target, target]))
 
 
+def test_targets_follow_the_towers_token_order(tiny_dir):
+    """Through the runtime's own preprocessing (rows come in 2x2 merge windows): every token flagged inside the box
+    is one whose four patches hold the shape's colour, in a wide image with the shape in one corner, where a rows /
+    columns mix-up would flag other tokens."""
+    image = draw((320, 128), [Shape("square", "blue", (224, 64, 320, 128))])
+    rows, grid = preprocess_image(image, ImageProcessorConfig.from_dir(tiny_dir))
+    _, inside = dense_targets(image, grid)
+    coloured = (rows.reshape(-1, 4, rows.shape[1]) < 0.9).any(axis=(1, 2))  # [tokens]: white is 1.0 after normalizing
+    assert inside.sum() >= 2 and len(inside) == len(coloured)
+    assert coloured[inside == 1].all()
+    assert (coloured & (inside == 0)).sum() <= inside.sum()  # only the box's edge tokens are coloured outside it
+
+
 def test_the_aux_loss_alone_trains_the_head_and_the_tower_and_falls(tiny_dir):
     from qvl_compile.families.qwen3_vl.loaders import load_full_model
     from qvl_compile.training.batches import make_batch
@@ -42,6 +56,9 @@ def test_the_aux_loss_alone_trains_the_head_and_the_tower_and_falls(tiny_dir):
     tower = model.model.visual.patch_embed.proj.weight.detach().clone()
     head = aux.head[1].weight.detach().clone()
     decoder = model.model.language_model.layers[0].mlp.up_proj.weight.detach().clone()
+    with torch.no_grad():  # an evaluation forward between steps (teacher_forced_accuracy) is not the loss's input
+        _forward(model, batch)
+    assert aux._outputs == []
     aux_losses = [_train_step(model, optimizer, batch, 1e-3, aux, 1.0)[1] for _ in range(6)]
     assert not torch.equal(aux.head[1].weight, head) and not torch.equal(model.model.visual.patch_embed.proj.weight, tower)
     assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, decoder)

@@ -254,7 +254,7 @@ def _train_step(model, optimizer, batch: dict, lr: float, aux: VisionAux | None 
     extra = aux.loss(batch) if aux is not None else torch.zeros(())
     optimizer.zero_grad(set_to_none=True)
     (losses.mean() + aux_weight * extra).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
     optimizer.step()
     return losses.tolist(), float(extra.detach())
 

@@ -1,7 +1,7 @@
 """A dense auxiliary loss on the vision tower's merged image tokens, for training only (its head is not saved).
 
 Measured (docs/training.md, "Position"): the trained tower's output carries almost no absolute position (a linear
-probe reads a token's normalized x with R^2 ~ 0), so no amount of grounding data can teach the decoder a box: there
+probe reads a token's normalized x with R^2 0.03, y with 0.22), so no amount of grounding data can teach the decoder a box: there
 is nothing to read. This head asks every merged image token to regress its own normalized centre (x, y), and every
 token whose centre lies inside a shape's box to regress that box (x1, y1, x2, y2, normalized), so position reaches
 the tokens the decoder reads. Boxes come from `tasks.shapes.draw` (image.info[BOXES_KEY]).
@@ -54,9 +54,12 @@ class VisionAux(torch.nn.Module):
         self.head = torch.nn.Sequential(torch.nn.LayerNorm(hidden, elementwise_affine=False),
                                         torch.nn.Linear(hidden, 6)).to(model.device)
         self._outputs: list[torch.Tensor] = []
-        model.model.visual.register_forward_hook(self._keep)
+        self.hook = model.model.visual.register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output) -> None:
+        if not torch.is_grad_enabled():  # evaluation between steps (teacher_forced_accuracy): not this loss's input
+            return
+        # transformers 5.x returns BaseModelOutputWithDeepstackFeatures (merged tokens in pooler_output), 4.57 a tuple
         self._outputs.append(output.pooler_output if hasattr(output, "pooler_output") else output[0])
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -64,7 +67,10 @@ class VisionAux(torch.nn.Module):
         if "vision_targets" not in batch:
             return torch.zeros((), device=self.head[1].weight.device)
         target, inside = batch["vision_targets"], batch["vision_inside"]
-        tokens = next(o for o in outputs if o.shape[0] == target.shape[0])  # the images' call, not the videos'
+        tokens = next((o for o in outputs if o.shape[0] == target.shape[0]), None)  # the images' call, not videos'
+        if tokens is None:
+            raise RuntimeError(f"vision aux loss: expected the tower's output for {target.shape[0]} image tokens, "
+                               f"got outputs of {[o.shape[0] for o in outputs]} rows")
         predicted = self.head(tokens)
         centre = ((predicted[:, :2] - target[:, :2]) ** 2).mean()
         box = (((predicted[:, 2:] - target[:, 2:]) ** 2).mean(1) * inside).sum() / inside.sum().clamp(min=1)
