@@ -10,7 +10,11 @@ Before a graph fusion is built into the export, this says whether the kernel it 
     one scale per tensor: GroupQueryAttention's k_quant_type / v_quant_type), in place (past and present bound to
     one buffer, as the runtime binds them), 28 layers, one new token after 128 / 512 / 2048 cached;
   * prefill GEMMs: MatMulNBits at accuracy level 1 and 4 against onnxruntime's fp32 MatMul and PyTorch's fp32
-    matmul (the competitor at prefill), one layer's projections at M=1000.
+    matmul (the competitor at prefill), one layer's projections at M=1000;
+  * the output projection (lm_head, 2048 -> 151936) at decode: 4-bit against 8-bit MatMulNBits (`--lm-head-bits`)
+    and an fp32 MatMul (`--no-quantize-lm-head`), M=1.
+
+`--sections` picks some of them (projections, prefill, attention, lm_head).
 
 Weights are random bytes in MatMulNBits' layout (the kernels' speed does not depend on the values). Rounds are
 interleaved across variants; each cell is the median (min-max) of the rounds' medians.
@@ -28,19 +32,33 @@ from machine import summary as machine_summary  # bench scripts share helpers by
 from onnx import TensorProto, helper, numpy_helper
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE = 28, 2048, 16, 8, 128, 6144  # Qwen3-VL-2B's text stack
+VOCAB = 151936
 BLOCK, PREFILL_TOKENS, KV_CAPACITY = 32, 1000, 4096
 SEPARATE = ((HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM), (INTERMEDIATE, INTERMEDIATE))  # out dims
 PACKED = ((sum(SEPARATE[0]),), (sum(SEPARATE[1]),))
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
 
 
-def _matmul_nbits(rng, x: str, name: str, n: int, level: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+def _matmul_nbits(rng, x: str, name: str, n: int, level: int, bits: int = 4) -> tuple[onnx.NodeProto, list]:
     blocks = HIDDEN // BLOCK
-    weights = [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, BLOCK // 2), dtype=np.uint8), name + "_Q4"),
+    packed = rng.integers(0, 256, (n, blocks, BLOCK * bits // 8), dtype=np.uint8)
+    weights = [numpy_helper.from_array(packed, name + "_Q4"),
                numpy_helper.from_array(rng.random(n * blocks, dtype=np.float32) * 0.01, name + "_scales")]
     node = helper.make_node("MatMulNBits", [x, name + "_Q4", name + "_scales"], [name], domain="com.microsoft",
-                            K=HIDDEN, N=n, bits=4, block_size=BLOCK, accuracy_level=level)
+                            K=HIDDEN, N=n, bits=bits, block_size=BLOCK, accuracy_level=level)
     return node, weights
+
+
+def lm_head_graph(bits: int | None, level: int, rng) -> onnx.ModelProto:
+    """The output projection for one token: MatMulNBits at `bits`, or an fp32 MatMul (bits None)."""
+    if bits is None:
+        weights = [numpy_helper.from_array(rng.standard_normal((HIDDEN, VOCAB), dtype=np.float32) * 0.02, "w")]
+        node = helper.make_node("MatMul", ["x", "w"], ["logits"])
+    else:
+        node, weights = _matmul_nbits(rng, "x", "logits", VOCAB, level, bits)
+    graph = helper.make_graph([node], "lm_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, HIDDEN])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, VOCAB])], weights)
+    return helper.make_model(graph, opset_imports=OPSETS)
 
 
 def projections_graph(groups, layers: int, rows: int, level: int, rng) -> onnx.ModelProto:
@@ -204,15 +222,7 @@ def table(title: str, results: dict[str, list[float]], baseline: str) -> list[st
     return lines + [""]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--markdown", help="also write the tables to this file")
-    args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    threads, rows = args.threads, PREFILL_TOKENS
-
+def projection_tables(rounds: int, threads: int, rng) -> list[str]:
     def projections(groups, layers: int, m: int, level: int):
         return plain_runner(projections_graph(groups, layers, m, level, rng), m, threads, rng)
 
@@ -221,23 +231,58 @@ def main() -> None:
         decode = {"separate q,k,v,gate,up": projections(SEPARATE, LAYERS, 1, level),
                   "packed qkv, gate_up": projections(PACKED, LAYERS, 1, level)}
         lines += table(f"Projections at decode (M=1, 28 layers, accuracy level {level})",
-                       measure(decode, args.rounds, 20), "separate q,k,v,gate,up")
-    prefill = {"separate, L4": projections(SEPARATE, 1, rows, 4), "packed, L4": projections(PACKED, 1, rows, 4),
-               "separate, L1": projections(SEPARATE, 1, rows, 1),
+                       measure(decode, rounds, 20), "separate q,k,v,gate,up")
+    return lines
+
+
+def prefill_table(rounds: int, threads: int, rng, rows: int = PREFILL_TOKENS) -> list[str]:
+    def projections(groups, level: int):
+        return plain_runner(projections_graph(groups, 1, rows, level, rng), rows, threads, rng)
+
+    prefill = {"separate, L4": projections(SEPARATE, 4), "packed, L4": projections(PACKED, 4),
+               "separate, L1": projections(SEPARATE, 1),
                "onnxruntime fp32 MatMul": plain_runner(fp32_projections_graph(rows, rng), rows, threads, rng),
                "PyTorch fp32 matmul": torch_runner(rows, threads)}
-    lines += table(f"Projections at prefill (M={rows}, one layer: q,k,v,gate,up)",
-                   measure(prefill, args.rounds, 3), "PyTorch fp32 matmul")
+    return table(f"Projections at prefill (M={rows}, one layer: q,k,v,gate,up)", measure(prefill, rounds, 3),
+                 "PyTorch fp32 matmul")
+
+
+def attention_tables(rounds: int, threads: int, rng) -> list[str]:
+    lines = []
     for cached in (128, 512, 2048):
         attention = {"fp32 cache": attention_runner(np.float32, cached, threads, rng),
                      "fp16 cache": attention_runner(np.float16, cached, threads, rng),
                      "int8 cache": attention_runner(np.float32, cached, threads, rng, cache_dtype=np.int8)}
         lines += table(f"GroupQueryAttention, one new token after {cached} cached (28 layers, in place)",
-                       measure(attention, args.rounds, 30), "fp32 cache")
+                       measure(attention, rounds, 30), "fp32 cache")
     agreement = int8_cache_agreement(threads, rng)
-    lines += [f"int8 cache: largest difference from an fp32 cache holding the same values dequantized, one new token "
-              f"after 2048 cached: {agreement:.1e}", ""]
-    lines += [f"median (min-max) of {args.rounds} interleaved rounds, {threads} threads", "", machine_summary()]
+    return lines + [f"int8 cache: largest difference from an fp32 cache holding the same values dequantized, one new "
+                    f"token after 2048 cached: {agreement:.1e}", ""]
+
+
+def lm_head_table(rounds: int, threads: int, rng) -> list[str]:
+    heads = {"4-bit, L4 (default)": lm_head_graph(4, 4, rng), "8-bit, L4": lm_head_graph(8, 4, rng),
+             "4-bit, L1": lm_head_graph(4, 1, rng), "8-bit, L1": lm_head_graph(8, 1, rng),
+             "fp32 MatMul": lm_head_graph(None, 0, rng)}
+    runners = {name: plain_runner(model, 1, threads, rng) for name, model in heads.items()}
+    return table(f"Output projection at decode (M=1, {HIDDEN} -> {VOCAB}, block {BLOCK})", measure(runners, rounds, 20),
+                 "4-bit, L4 (default)")
+
+
+SECTIONS = {"projections": projection_tables, "prefill": prefill_table, "attention": attention_tables,
+            "lm_head": lm_head_table}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    lines = [line for section in args.sections for line in SECTIONS[section](args.rounds, args.threads, rng)]
+    lines += [f"median (min-max) of {args.rounds} interleaved rounds, {args.threads} threads", "", machine_summary()]
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -147,7 +147,8 @@ def _describe(options: QuantOptions):
     def describe(ctx: ExportContext) -> dict[str, Any]:
         return {
             "quant": {"mode": options.mode, "block_size": options.block_size, "accuracy_level": options.accuracy_level,
-                      "quantize_lm_head": options.quantize_lm_head, "symmetric": options.symmetric,
+                      "quantize_lm_head": options.quantize_lm_head,
+                      "lm_head_bits": options.head_bits if options.quantize_lm_head else None, "symmetric": options.symmetric,
                       "quantize_embedding": options.quantize_embedding,
                       "kv_cache": ctx.record.get("kv_cache", {"dtype": "fp32"}),
                       "op_counts": ctx.record.get("op_counts", {})},

@@ -17,6 +17,19 @@ class QuantOptions:
     # 1 keeps fp32 activations: logits match the fake-quant reference to ~1e-6 (the goldens' exact path).
     accuracy_level: int = 4
     quantize_lm_head: bool = True
+    # Bits of the quantized output projection (and of a table tied to it); None: 8 at accuracy level 4, else 4.
+    # It sets every logit: on the trained tiny model the 4-bit lm_head cost grounding 9-11 points, which 8 bits
+    # restore (README, accuracy table); llama.cpp's Q4_0 likewise keeps its output tensor at 6 bits. onnxruntime
+    # 1.32 runs 8-bit MatMulNBits fast only at level 4 (int8 activations): at 2B size 1.3x the 4-bit lm_head's time
+    # there, 95x at level 1 (bench/decoder_kernels.py --sections lm_head), hence 4 bits at the other levels.
+    lm_head_bits: int | None = None
+
+    @property
+    def head_bits(self) -> int:
+        """The lm_head's bits, resolved."""
+        if self.lm_head_bits is not None:
+            return self.lm_head_bits
+        return 8 if self.accuracy_level == 4 else 4
     quantize_embedding: bool = True  # GatherBlockQuantized table (int4 mode, symmetric only)
     symmetric: bool = True
     # RMSNorm chains as onnxruntime's (Skip)SimplifiedLayerNormalization (export.fusion.fuse_rms_norm)
@@ -36,5 +49,7 @@ class QuantOptions:
             raise QvlError(f"--block-size: expected one of 16, 32, 64, 128, 256, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise QvlError(f"--accuracy-level: expected 0..4, got {self.accuracy_level}")
+        if self.lm_head_bits not in (None, 4, 8):
+            raise QvlError(f"--lm-head-bits: expected 4 or 8, got {self.lm_head_bits}")
         if self.kv_cache not in ("fp32", "int8"):
             raise QvlError(f"--kv-cache: expected fp32 or int8, got {self.kv_cache!r}")

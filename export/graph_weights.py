@@ -73,26 +73,47 @@ def dequantize_int4_rows(packed: np.ndarray, scales: np.ndarray, block: int, k: 
     return weights.reshape(n, blocks * block)[:, :k]
 
 
+def dequantize_int8_rows(packed: np.ndarray, scales: np.ndarray, block: int, k: int,
+                         zero_points: np.ndarray | None = None) -> np.ndarray:
+    """W [N, k] float32 from 8-bit rows: packed [N, blocks, block] uint8, scales [N, blocks], optional zero points
+    [N, blocks] (default 128, the symmetric zero point)."""
+    n, blocks = packed.shape[0], packed.shape[1]
+    weights = packed.reshape(n, blocks, block).astype(np.float32)
+    zero_point = zero_points.reshape(n, -1)[:, :blocks, None].astype(np.float32) if zero_points is not None else 128.0
+    weights -= zero_point
+    weights *= scales.reshape(n, blocks, 1)
+    return weights.reshape(n, blocks * block)[:, :k]
+
+
+def _dequantize_rows(name: str, bits: int, packed: np.ndarray, scales: np.ndarray, block: int, k: int,
+                     zero_points: np.ndarray | None = None) -> np.ndarray:
+    if bits == 4:
+        return dequantize_int4_rows(packed.reshape(packed.shape[0], -1, block // 2), scales, block, k, zero_points)
+    if bits == 8:
+        return dequantize_int8_rows(packed.reshape(packed.shape[0], -1, block), scales, block, k, zero_points)
+    raise QvlError(f"{name}: expected 4- or 8-bit weights, got {bits} bits")
+
+
 def dequantize_matmul_nbits(node: onnx.NodeProto, graph: GraphWeights, rows: tuple[int, int] | None = None) -> np.ndarray:
     """W [N, K] of a MatMulNBits node (or rows [start, stop) of it)."""
     attrs = _attrs(node)
-    if attrs["bits"] != 4:
-        raise QvlError(f"{node.name}: only 4-bit MatMulNBits is supported, got {attrs['bits']}")
     zero_points = graph.array(node.input[3], rows) if len(node.input) > 3 and node.input[3] else None
-    return dequantize_int4_rows(graph.array(node.input[1], rows), graph.array(node.input[2], rows), attrs["block_size"],
-                                attrs["K"], zero_points)
+    return _dequantize_rows(node.name, attrs["bits"], graph.array(node.input[1], rows), graph.array(node.input[2], rows),
+                            attrs["block_size"], attrs["K"], zero_points)
 
 
 def dequantize_gather(node: onnx.NodeProto, graph: GraphWeights, rows: tuple[int, int] | None = None) -> np.ndarray:
-    """The table [rows, columns] of a GatherBlockQuantized node (uint8 data holding 4-bit pairs, axis 0 gathered)."""
+    """The table [rows, columns] of a GatherBlockQuantized node (uint8 data holding 4-bit pairs or 8-bit values,
+    axis 0 gathered)."""
     attrs = _attrs(node)
-    if attrs.get("bits", 4) != 4 or attrs.get("gather_axis", 0) != 0 or attrs.get("quantize_axis", 1) != 1:
-        raise QvlError(f"{node.name}: expected 4-bit rows gathered on axis 0, got attributes {attrs}")
+    bits = attrs.get("bits", 4)
+    if bits not in (4, 8) or attrs.get("gather_axis", 0) != 0 or attrs.get("quantize_axis", 1) != 1:
+        raise QvlError(f"{node.name}: expected 4- or 8-bit rows gathered on axis 0, got attributes {attrs}")
     if len(node.input) > 3 and node.input[3]:
         raise QvlError(f"{node.name}: zero points on a GatherBlockQuantized table are not supported")
-    packed, block = graph.array(node.input[0], rows), attrs["block_size"]
-    count, columns = packed.shape[0], packed.shape[1] * 2
-    return dequantize_int4_rows(packed.reshape(count, -1, block // 2), graph.array(node.input[2], rows), block, columns)
+    packed = graph.array(node.input[0], rows)
+    columns = packed.shape[1] * 8 // bits
+    return _dequantize_rows(node.name, bits, packed, graph.array(node.input[2], rows), attrs["block_size"], columns)
 
 
 def quantized_weights(model: torch.nn.Module, graph_path: Path, family: Family) -> dict[str, Callable[..., torch.Tensor]]:

@@ -5,7 +5,8 @@ per-tensor step of `MatMulNBitsQuantizer`), one tensor at a time, and gets the n
 that `MatMulNBitsQuantizer` gives it. The embedding table becomes `GatherBlockQuantized` over 4-bit rows
 (zero point 8, as MatMulNBits' symmetric weights): where the checkpoint ties it to the lm_head, it reads
 the lm_head's packed bytes in place (a second view of the same external data, [vocab, hidden/2]), so the
-table costs no bytes on disk; where it is untied it gets its own quantized copy.
+table costs no bytes on disk; where it is untied it gets its own quantized copy. With `lm_head_bits` 8 the lm_head
+(and the table that shares its bytes) keeps 8 bits per weight ([N, K/block, block] bytes, zero point 128).
 """
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ MS_DOMAIN = "com.microsoft"
 PACK_CHUNK_BYTES = 64 << 20  # float32 bytes of a weight converted at once while packing
 
 
-def block_quantizer(options: QuantOptions):
+def block_quantizer(options: QuantOptions, bits: int = 4):
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 
     return DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
-        block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level, bits=4))
+        block_size=options.block_size, is_symmetric=options.symmetric, accuracy_level=options.accuracy_level, bits=bits))
 
 
 class Int4Plan:
@@ -43,6 +44,8 @@ class Int4Plan:
         """`keep_float32`: name suffixes of MatMul weights left float32 (a family's `float32_weights`)."""
         self.options, self.sources = options, sources
         self.quantizer = block_quantizer(options)
+        # The output projection may keep 8 bits (--lm-head-bits): it sets every logit, grounding's digits included
+        self.lm_head_quantizer = block_quantizer(options, options.head_bits)
         self.lm_head, self.embedding = lm_head, embedding
         self.matmuls = {n.input[1] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in sources
                         and len(sources[n.input[1]].shape) == 2 and not any(n.input[1].endswith(k) for k in keep_float32)
@@ -79,7 +82,14 @@ class Int4Plan:
             inputs.append(weight + "_zero_points")
         level = {"accuracy_level": self.options.accuracy_level} if self.options.accuracy_level else {}
         return onnx.helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name + "_Q4" if node.name else "",
-                                     domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=self.options.block_size, **level)
+                                     domain=MS_DOMAIN, K=k, N=n, bits=self._bits(weight),
+                                     block_size=self.options.block_size, **level)
+
+    def _bits(self, weight: str) -> int:
+        return self.options.head_bits if weight == self.lm_head else 4
+
+    def _quantizer_for(self, weight: str):
+        return self.lm_head_quantizer if weight == self.lm_head else self.quantizer
 
     def _gather_block_quantized(self, node: onnx.NodeProto) -> onnx.NodeProto:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
@@ -89,11 +99,13 @@ class Int4Plan:
         return onnx.helper.make_node(
             "GatherBlockQuantized", [self.embedding + "_Q4", node.input[1], scales], list(node.output),
             name=node.name + "_Q4", domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
-            block_size=self.options.block_size, bits=4)
+            block_size=self.options.block_size, bits=self._bits(self.lm_head) if self.shared else 4)
 
-    def pack(self, source: WeightSource, reader: CheckpointReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(packed [N, K/block, block/2] uint8, scales [N, K/block], zero points) of a weight whose checkpoint
-        tensor is [N, K] (a linear, which the graph holds as its [K, N] transpose, or the table [vocab, hidden]).
+    def pack(self, source: WeightSource, reader: CheckpointReader,
+             quantizer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(packed [N, K/block, block * bits / 8] uint8, scales [N, K/block], zero points) of a weight whose
+        checkpoint tensor is [N, K] (a linear, which the graph holds as its [K, N] transpose, or the table
+        [vocab, hidden]), by `quantizer` (default: the 4-bit one).
 
         The quantizer packs each of the N columns of a [K, N] weight on its own, so the weight is read and packed
         PACK_CHUNK_BYTES of float32 at a time: the same bytes as one call, without the whole float32 matrix.
@@ -105,7 +117,7 @@ class Int4Plan:
             rows = reader.read_stored(source.key, (start, min(start + step, n)))  # [c, K] as stored
             chunk = torch.empty((k, rows.shape[0]), dtype=torch.float32)
             chunk.copy_(rows.T)  # [K, c], C order: the quantizer's input
-            parts.append(self.quantizer.qbits_block_quant(chunk.numpy()))
+            parts.append((quantizer or self.quantizer).qbits_block_quant(chunk.numpy()))
             del rows, chunk
         return tuple(np.concatenate([part[i] for part in parts]) if len(parts) > 1 else parts[0][i] for i in range(3))
 
@@ -118,7 +130,7 @@ class Int4Plan:
         if name in self.matmuls:
             if not source.transpose:
                 raise QvlError(f"{name}: expected the [in, out] transpose of a checkpoint linear")
-            packed, scales, zero_points = self.pack(source, reader)
+            packed, scales, zero_points = self.pack(source, reader, self._quantizer_for(name))
             written = [writer.add(name + "_Q4", packed), writer.add(name + "_scales", scales)]
             if not self.options.symmetric:
                 written.append(writer.add(name + "_zero_points", zero_points))

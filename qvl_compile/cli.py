@@ -161,6 +161,10 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
                    "faster decode here: see the README); 0/1 keep fp32 activations (logits exact to the weights).")
 @click.option("--quantize-lm-head/--no-quantize-lm-head", default=True, show_default=True,
               help="INT4 output projection (with --quant int4); --no-quantize-lm-head keeps it float32.")
+@click.option("--lm-head-bits", type=click.Choice(["auto", "4", "8"]), default="auto", show_default=True,
+              help="Bits per weight of the quantized output projection (and of a table tied to it). auto: 8 at "
+                   "accuracy level 4 (keeps grounding's box digits: see the README), 4 at the other levels, "
+                   "where onnxruntime has no fast 8-bit kernel.")
 @click.option("--quantize-embedding/--no-quantize-embedding", default=True, show_default=True,
               help="INT4 embedding table (GatherBlockQuantized; shares the lm_head's bytes when the checkpoint "
                    "ties them). --no-quantize-embedding keeps it float32 (+1.2 GB at 2B size).")
@@ -181,7 +185,7 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
 @click.option("--force", is_flag=True, help="Replace OUT_DIR even if it is not an export of ours.")
 @handle_errors
 def export(model_dir: Path, out_dir: Path, component: str, quant: str, block_size: int, accuracy_level: int,
-           quantize_lm_head: bool, quantize_embedding: bool, fuse_rms_norm: bool, fused_rotary: bool,
+           quantize_lm_head: bool, lm_head_bits: str, quantize_embedding: bool, fuse_rms_norm: bool, fused_rotary: bool,
            kv_cache: str, vision_quant: str, vision_int8_weights: str, force: bool) -> None:
     """Export MODEL_DIR (a Qwen3-VL checkpoint) to ONNX graphs in OUT_DIR."""
     from qvl_compile.export.decoder_options import QuantOptions
@@ -190,7 +194,8 @@ def export(model_dir: Path, out_dir: Path, component: str, quant: str, block_siz
     quiet_libraries()
     start = time.perf_counter()
     options = QuantOptions(mode=quant, block_size=block_size, accuracy_level=accuracy_level,
-                           quantize_lm_head=quantize_lm_head, quantize_embedding=quantize_embedding,
+                           quantize_lm_head=quantize_lm_head, lm_head_bits=None if lm_head_bits == "auto" else int(lm_head_bits),
+                           quantize_embedding=quantize_embedding,
                            fuse_rms_norm=fuse_rms_norm, fused_rotary=fused_rotary, kv_cache=kv_cache)
     from qvl_compile.export.vision_quant import VisionQuantOptions
 

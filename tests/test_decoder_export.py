@@ -185,3 +185,38 @@ def test_no_quantize_lm_head_keeps_it_fp32(tiny_dir, hf_model, tmp_path):
     head = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     text = hf_model.config.text_config
     assert [list(weights[n.input[1]].dims) for n in head] == [[text.hidden_size, text.vocab_size]]
+
+
+def test_lm_head_bits_8_keeps_eight_bits_where_the_table_shares_them(tiny_dir, hf_model, tmp_path):
+    """--lm-head-bits 8: the output projection is an 8-bit MatMulNBits, the tied table reads the same bytes as 8-bit
+    rows, every other projection stays 4-bit; the bytes are the checkpoint's weights to half a step, and the graph
+    matches transformers with those weights (the fake-quant reference) token for token."""
+    from qvl_compile.export.pipeline import export_model
+
+    out = tmp_path / "out"
+    export_model(tiny_dir, out, component="decoder", quant=QuantOptions(lm_head_bits=8, accuracy_level=1))
+    model = onnx.load(str(out / "decoder.onnx"))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    bits = {n.input[1].removesuffix("_Q4"): next(a.i for a in n.attribute if a.name == "bits")
+            for n in model.graph.node if n.op_type == "MatMulNBits"}
+    head = [name for name in bits if name.startswith("lm_head")]
+    assert len(head) == 1 and bits[head[0]] == 8
+    assert sorted(set(bits[name] for name in bits if name not in head)) == [4]
+    assert len(bits) == projection_count(hf_model)
+    (gather,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert next(a.i for a in gather.attribute if a.name == "bits") == 8
+    assert gather.input[2] == head[0] + "_scales"  # the lm_head's own scales: one set of bytes for both
+    # 8-bit rows with zero point 128, dequantized here by the format's definition, not by the exporter's code
+    table = hf_model.get_input_embeddings().weight.detach().numpy()  # [vocab, hidden], tied to the lm_head
+    packed, scales = weights[head[0] + "_Q4"], weights[head[0] + "_scales"]  # [vocab, blocks, 32], [vocab, blocks]
+    assert packed.dtype == np.uint8 and packed.shape == (table.shape[0], table.shape[1] // 32, 32)
+    dequantized = ((packed.astype(np.float32) - 128) * scales[:, :, None]).reshape(table.shape)
+    steps = np.abs(dequantized - table) / np.abs(scales).repeat(32, axis=1)  # error in quantization steps
+    assert steps.max() <= 1.0 + 1e-4 and steps.mean() < 0.3  # rounding (a block's clipped extreme: one step)
+    assert np.abs(scales).max() < np.abs(table).max() / 100  # 8 bits' steps (4 bits' are 1/7 of the largest weight)
+    assert np.array_equal(weights[gather.input[0]].reshape(packed.shape), packed)
+    decoder = TextDecoder.from_export(out)
+    reference = fake_quant_reference(hf_model, out / "decoder.onnx", FAMILY)
+    parity = decoder_parity(decoder, reference, FAMILY, steps=8, seed=23, parts=TEST_PROMPT, tolerance=INT4_TOLERANCE)
+    assert parity.prefill_max_rel <= INT4_TOLERANCE and max(parity.steps_max_rel) <= INT4_TOLERANCE
+    assert parity.onnx_tokens == parity.reference_tokens
