@@ -29,10 +29,10 @@ COORDINATES = ("x1", "y1", "x2", "y2")
 
 
 @torch.no_grad()
-def tower_outputs(checkpoint: Path, images: int, seed: int):
+def tower_outputs(model, checkpoint: Path, images: int, seed: int):
     """-> per image: {output name: [tokens, hidden]}, [tokens, 2] normalized centres."""
-    model = load_full_model(checkpoint).eval()
     config = ImageProcessorConfig.from_dir(checkpoint)
+    merge = model.config.vision_config.spatial_merge_size
     rng = np.random.default_rng(seed)
     for _ in range(images):
         image, _ = single_shape(rng, SPEC_SIZES)
@@ -40,7 +40,7 @@ def tower_outputs(checkpoint: Path, images: int, seed: int):
         out = model.model.visual(torch.from_numpy(rows), grid_thw=torch.tensor([grid]))
         merged, deepstack = (out[0], out[1]) if isinstance(out, tuple) else (out.pooler_output, out.deepstack_features)
         named = {"image_embeds": merged, **{f"deepstack {i}": d for i, d in enumerate(deepstack)}}
-        yield {k: v.numpy() for k, v in named.items()}, dense_targets(image, grid)[0][:, :2]
+        yield {k: v.numpy() for k, v in named.items()}, dense_targets(image, grid, merge)[0][:, :2]
 
 
 def probe_r2(features: list[np.ndarray], centres: list[np.ndarray], ridge: float = 10.0) -> np.ndarray:
@@ -66,9 +66,9 @@ def _first_digits(example, tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def first_digit_table(checkpoint: Path, task: str, cases: int, seed: int) -> dict[str, tuple[float, float]]:
+def first_digit_table(model, checkpoint: Path, task: str, cases: int, seed: int) -> dict[str, tuple[float, float]]:
     """-> coordinate: (mean loss of its first digit, share of cases where it is the argmax), teacher forced."""
-    model, encoder = load_full_model(checkpoint).eval(), ExampleEncoder(checkpoint)
+    encoder = ExampleEncoder(checkpoint)
     rng = np.random.default_rng(seed)
     examples = [encoder.encode(make_training_case(task, rng)) for _ in range(cases)]
     losses: dict[str, list[float]] = {c: [] for c in COORDINATES}
@@ -93,7 +93,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=64, help="grounding cases per task for the first digits")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = list(tower_outputs(args.checkpoint, args.images, args.seed))
+    model = load_full_model(args.checkpoint).eval()  # loaded once, for the probe and both tasks
+    rows = list(tower_outputs(model, args.checkpoint, args.images, args.seed))
     print(f"{args.checkpoint}: {args.images} one-shape images, linear probe R^2 of each token's centre")
     print("| output | R^2 x | R^2 y |\n|---|---:|---:|")
     for name in rows[0][0]:
@@ -102,7 +103,7 @@ def main() -> None:
     print(f"\nfirst digit of each coordinate, teacher forced, {args.cases} cases per task: loss (nats) / argmax right")
     print("| task | " + " | ".join(COORDINATES) + " |\n|---|" + "---:|" * len(COORDINATES))
     for task in ("ground_one", "ground"):
-        table = first_digit_table(args.checkpoint, task, args.cases, 424_242)
+        table = first_digit_table(model, args.checkpoint, task, args.cases, 424_242)
         print(f"| {task} | " + " | ".join(f"{loss:.2f} / {share:.0%}" for loss, share in table.values()) + " |")
 
 

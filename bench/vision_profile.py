@@ -14,21 +14,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from machine import summary as machine_summary  # bench scripts share helpers by path
 
 from qvl_compile.golden.store import pixels_from_seed
+from qvl_compile.runtime.session import make_session
 
 
 def profile(graph: Path, grid: tuple[int, int, int], threads: int) -> tuple[float, dict[str, float]]:
     """-> (wall ms of the profiled run, op type -> summed kernel ms)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as scratch:
-        options.profile_file_prefix = str(Path(scratch) / "vision")
-        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as scratch:  # the runtime's own session options, profiling on
+        session = make_session(graph, intra_op_threads=threads, profile_prefix=str(Path(scratch) / "vision"))
         grid_array = np.asarray([grid], np.int64)
         feeds = {"pixel_values": pixels_from_seed(int(np.prod(grid)), 1536, seed=0), "grid_thw": grid_array}
         session.run(None, feeds)  # warm-up: its events come first in the file

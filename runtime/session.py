@@ -10,7 +10,8 @@ from qvl_compile.errors import QvlError
 
 
 def make_session(path: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
-                 mem_pattern: bool = False) -> ort.InferenceSession:
+                 mem_pattern: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """`profile_prefix`: write onnxruntime's per-node profile there (`session.end_profiling()` names the file)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (one per core)
@@ -18,6 +19,8 @@ def make_session(path: Path, providers: list[str] | None = None, intra_op_thread
     # step they grew resident memory by 5 MiB per 2,000 tokens on the tiny model (bench/memory_growth.py).
     options.enable_mem_pattern = mem_pattern
     options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors

@@ -13,7 +13,7 @@ from qvl_compile.training.vision_aux import VisionAux, dense_targets
 def test_targets_give_each_token_its_centre_and_the_box_it_lies_in():
     # 160 x 96 pixels, grid (1, 6, 10) patches -> 3 rows x 5 columns of merged tokens, each 32 x 32 pixels
     image = draw((160, 96), [Shape("square", "red", (64, 32, 128, 96))])
-    target, inside = dense_targets(image, (1, 6, 10))
+    target, inside = dense_targets(image, (1, 6, 10), 2)
     assert target.shape == (15, 6) and inside.shape == (15,)
     centres = [((col * 32 + 16) / 160, (row * 32 + 16) / 96) for row in range(3) for col in range(5)]
     np.testing.assert_allclose(target[:, :2], centres, rtol=1e-6)
@@ -22,7 +22,7 @@ def test_targets_give_each_token_its_centre_and_the_box_it_lies_in():
     assert inside.astype(bool).tolist() == expected and inside.sum() == 4
     np.testing.assert_allclose(target[inside == 1, 2:], [[0.4, 1 / 3, 0.8, 1.0]] * 4, rtol=1e-6)
     assert not target[inside == 0, 2:].any()
-    frames, _ = dense_targets(image, (2, 6, 10))  # each temporal patch repeats the frame's tokens
+    frames, _ = dense_targets(image, (2, 6, 10), 2)  # each temporal patch repeats the frame's tokens
     np.testing.assert_array_equal(frames, np.concatenate([target, target]))
 
 
@@ -32,7 +32,7 @@ def test_targets_follow_the_towers_token_order(tiny_dir):
     columns mix-up would flag other tokens."""
     image = draw((320, 128), [Shape("square", "blue", (224, 64, 320, 128))])
     rows, grid = preprocess_image(image, ImageProcessorConfig.from_dir(tiny_dir))
-    _, inside = dense_targets(image, grid)
+    _, inside = dense_targets(image, grid, 2)
     coloured = (rows.reshape(-1, 4, rows.shape[1]) < 0.9).any(axis=(1, 2))  # [tokens]: white is 1.0 after normalizing
     assert inside.sum() >= 2 and len(inside) == len(coloured)
     assert coloured[inside == 1].all()
@@ -63,3 +63,21 @@ def test_the_aux_loss_alone_trains_the_head_and_the_tower_and_falls(tiny_dir):
     assert not torch.equal(aux.head[1].weight, head) and not torch.equal(model.model.visual.patch_embed.proj.weight, tower)
     assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, decoder)
     assert aux_losses[-1] < 0.5 * aux_losses[0], aux_losses
+
+
+def test_a_saved_head_is_what_the_next_run_continues_with(tiny_dir, tmp_path):
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
+    from qvl_compile.training.vision_aux import HEAD_FILE
+
+    model = load_full_model(tiny_dir)
+    trained = VisionAux(model)
+    with torch.no_grad():
+        trained.head[1].weight.add_(1.0)  # unlike any fresh initialisation
+    assert not VisionAux(model).load_if_saved(tmp_path)  # nothing saved yet: a fresh head
+    trained.save(tmp_path)
+    assert (tmp_path / HEAD_FILE).is_file() and not list(tmp_path.glob("*.tmp"))
+    resumed = VisionAux(model)
+    assert not torch.equal(resumed.head[1].weight, trained.head[1].weight)
+    assert resumed.load_if_saved(tmp_path)
+    for name, value in trained.head.state_dict().items():
+        assert torch.equal(resumed.head.state_dict()[name], value), name

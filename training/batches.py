@@ -34,7 +34,8 @@ def make_batch(encoder: ExampleEncoder, stage: Stage, seed: int, step: int, size
     tasks = rng.choice(names, size=size, p=p)
     cases = [make_training_case(str(t), rng, stage.sizes) for t in tasks]
     examples = [encoder.encode(case) for case in cases]
-    return [e.task for e in examples], {**collate(examples, encoder.pad_id, *ids), **batch_targets(cases, examples)}
+    targets = batch_targets(cases, examples, encoder.merge_size)
+    return [e.task for e in examples], {**collate(examples, encoder.pad_id, *ids), **targets}
 
 
 def _start_worker(checkpoint: str) -> None:

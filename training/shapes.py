@@ -215,7 +215,7 @@ def _on(batch: dict, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()} if device != "cpu" else batch
 
 
-def _save(model, out_dir: Path, step: int, config: TrainConfig) -> None:
+def _save(model, out_dir: Path, step: int, config: TrainConfig, aux: VisionAux | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
@@ -223,6 +223,8 @@ def _save(model, out_dir: Path, step: int, config: TrainConfig) -> None:
     tmp = out_dir / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step), "seed": str(config.seed)})
     tmp.replace(out_dir / "model.safetensors")
+    if aux is not None:
+        aux.save(out_dir)
     torch.save({"step": step}, out_dir / "train_state.pt")
 
 
@@ -291,6 +293,8 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     encoder = ExampleEncoder(out_dir)
     ids = (model.config.image_token_id, model.config.video_token_id)
     aux = VisionAux(model) if config.vision_aux_weight > 0 else None
+    if aux is not None and aux.load_if_saved(Path(start_from or out_dir)):
+        log.info("vision aux head: continuing with the one saved in %s", start_from or out_dir)
     optimizer = _optimizer(model, config, aux)
     held_out = _held_out_examples(config, encoder)
     batches = BatchSource(out_dir, encoder, config.seed, config.batch, ids, config.workers)
@@ -327,7 +331,7 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
             log_file.flush()
             log.info("%s", json.dumps(record))
         if step % config.save_every == 0 or step == config.steps:
-            _save(model, out_dir, step, config)
+            _save(model, out_dir, step, config, aux)
     batches.close()
     log_file.close()
     return out_dir

@@ -62,26 +62,28 @@ def _shape_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
 _EDGES = {"left": (0, "width"), "top": (1, "height"), "right": (2, "width"), "bottom": (3, "height")}
 
 
-def _shape_edge(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
-    """One number of a box alone: the asked edge of the one shape, as the grounding reply writes it (0..1000 of the
-    image's width or height). In the suite's reply the digits are 12 of about 33 tokens; here they are the answer."""
+def _asked_edge(rng: np.random.Generator, sizes: ShapeSizes):
+    """One shape and one of its box's edges, drawn in that order -> (image, edge name, edge in pixels, the image's
+    width or height, whichever the edge is measured along)."""
     image, shape = single_shape(rng, sizes)
     edge = str(rng.choice(list(_EDGES)))
     index, across = _EDGES[edge]
-    size = image.size[0] if across == "width" else image.size[1]
-    return Case("shape_edge", f"Where is the {edge} edge of the shape?", str(round(1000 * shape.box[index] / size)),
-                (image,))
+    return image, edge, shape.box[index], image.size[0] if across == "width" else image.size[1]
+
+
+def _shape_edge(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+    """One number of a box alone: the asked edge of the one shape, as the grounding reply writes it (0..1000 of the
+    image's width or height). In the suite's reply the digits are 12 of about 33 tokens; here they are the answer."""
+    image, edge, position, size = _asked_edge(rng, sizes)
+    return Case("shape_edge", f"Where is the {edge} edge of the shape?", str(round(1000 * position / size)), (image,))
 
 
 def _shape_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     """The first digit of a box's number as one answer: which tenth of the image's width (or height) the asked edge
     of the one shape lies in, 0..9. One token, all of the example's loss; `shape_edge` spreads it over 3 digits."""
-    image, shape = single_shape(rng, sizes)
-    edge = str(rng.choice(list(_EDGES)))
-    index, across = _EDGES[edge]
-    size = image.size[0] if across == "width" else image.size[1]
+    image, edge, position, size = _asked_edge(rng, sizes)
     return Case("shape_tenth", f"Which tenth of the image is the {edge} edge of the shape in?",
-                str(min(9, 10 * shape.box[index] // size)), (image,))
+                str(min(9, 10 * position // size)), (image,))
 
 
 _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")

@@ -1,4 +1,5 @@
-"""A dense auxiliary loss on the vision tower's merged image tokens, for training only (its head is not saved).
+"""A dense auxiliary loss on the vision tower's merged image tokens, for training only (its head is saved beside the
+training checkpoint, not in the model: a run that starts from that folder goes on with it).
 
 Measured (docs/training.md, "Position"): the trained tower's output carries almost no absolute position (a linear
 probe reads a token's normalized x with R^2 0.03, y with 0.22), so no amount of grounding data can teach the decoder a box: there
@@ -8,15 +9,18 @@ the tokens the decoder reads. Boxes come from `tasks.shapes.draw` (image.info[BO
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from qvl_compile.tasks.shapes import BOXES_KEY
 
 TARGET_KEYS = ("vision_targets", "vision_inside")  # batch entries the model's forward does not take
+HEAD_FILE = "vision_aux_head.safetensors"  # beside a training run's model.safetensors; transformers ignores it
 
 
-def dense_targets(image, grid: tuple[int, int, int], merge: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def dense_targets(image, grid: tuple[int, int, int], merge: int) -> tuple[np.ndarray, np.ndarray]:
     """-> [tokens, 6] (centre x, y, then the box it lies in, all 0..1 of the image), [tokens] 1.0 where inside a box.
     Tokens in the tower's output order: frames, then rows, then columns of merged patches."""
     frames, rows, cols = grid[0], grid[1] // merge, grid[2] // merge
@@ -33,9 +37,10 @@ def dense_targets(image, grid: tuple[int, int, int], merge: int = 2) -> tuple[np
     return np.tile(target, (frames, 1)), np.tile(inside, frames)
 
 
-def batch_targets(cases, examples) -> dict[str, torch.Tensor]:
-    """The batch's image tokens' targets, in the order collate concatenates images; {} when there are no images."""
-    parts = [dense_targets(image, grid) for case, example in zip(cases, examples)
+def batch_targets(cases, examples, merge: int) -> dict[str, torch.Tensor]:
+    """The batch's image tokens' targets, in the order collate concatenates images; {} when there are no images.
+    `merge`: the tower's spatial merge (vision_config.spatial_merge_size)."""
+    parts = [dense_targets(image, grid, merge) for case, example in zip(cases, examples)
              for image, grid in zip(case.images, example.image_grids)]
     if not parts:
         return {}
@@ -61,6 +66,24 @@ class VisionAux(torch.nn.Module):
             return
         # transformers 5.x returns BaseModelOutputWithDeepstackFeatures (merged tokens in pooler_output), 4.57 a tuple
         self._outputs.append(output.pooler_output if hasattr(output, "pooler_output") else output[0])
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.head.state_dict().items()}
+        save_file(tensors, str(folder / (HEAD_FILE + ".tmp")))
+        (folder / (HEAD_FILE + ".tmp")).replace(folder / HEAD_FILE)
+
+    def load_if_saved(self, folder: Path) -> bool:
+        """Continue with the head a run saved in `folder` (a fresh head shakes the solved tasks for ~100 steps:
+        docs/training.md); -> whether there was one."""
+        from safetensors.torch import load_file
+
+        if not (folder / HEAD_FILE).is_file():
+            return False
+        device = self.head[1].weight.device
+        self.head.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / HEAD_FILE)).items()})
+        return True
 
     def loss(self, batch: dict) -> torch.Tensor:
         outputs, self._outputs = self._outputs, []
