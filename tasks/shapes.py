@@ -99,7 +99,7 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: i
     return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
 
 
-def _place(rng: np.random.Generator, width: int, height: int, count: int,
+def place_boxes(rng: np.random.Generator, width: int, height: int, count: int,
            sizes: ShapeSizes) -> list[tuple[int, int, int, int]]:
     """`count` square boxes inside the image, pairwise disjoint and apart by MIN_GAP of the shorter side (two
     touching shapes of one colour would read as one); sizes shrink toward the minimum if crowded."""
@@ -125,7 +125,7 @@ def _pick(rng: np.random.Generator, options) -> str:
 
 def single_shape(rng: np.random.Generator, sizes: ShapeSizes, color: str | None = None) -> tuple[Image.Image, Shape]:
     width, height = _size(rng)
-    shape = Shape(_pick(rng, SHAPES), color or _pick(rng, list(COLORS)), _place(rng, width, height, 1, sizes)[0])
+    shape = Shape(_pick(rng, SHAPES), color or _pick(rng, list(COLORS)), place_boxes(rng, width, height, 1, sizes)[0])
     return draw((width, height), [shape]), shape
 
 
@@ -141,14 +141,14 @@ def _shape(rng, sizes):
 
 def _count(rng, sizes):
     width, height = _size(rng)
-    boxes = _place(rng, width, height, int(rng.integers(1, 5)), sizes)
+    boxes = place_boxes(rng, width, height, int(rng.integers(1, 5)), sizes)
     shapes = [Shape(_pick(rng, SHAPES), _pick(rng, list(COLORS)), box) for box in boxes]
     return Case("count", "How many shapes are there?", str(len(shapes)), (draw((width, height), shapes),))
 
 
 def _ground(rng, sizes):
     width, height = _size(rng)
-    boxes = _place(rng, width, height, int(rng.integers(1, 4)), sizes)
+    boxes = place_boxes(rng, width, height, int(rng.integers(1, 4)), sizes)
     pairs = [(kind, color) for kind in SHAPES for color in COLORS]
     chosen = rng.choice(len(pairs), size=len(boxes), replace=False)
     shapes = [Shape(*pairs[int(i)], box) for i, box in zip(chosen, boxes)]

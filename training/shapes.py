@@ -126,10 +126,18 @@ BOXES_STAGES: tuple[Stage, ...] = (
     Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 0.5),
            ("shape_side", 0.25), ("shape_tenth", 1.5), ("ground_one", 3.0), ("ground", 3.0))),
 )
+# After boxes: picking the named shape out of two or three. The boxes checkpoint boxed one-shape images right 51% of
+# the time and two- or three-shape ones 3-10% (docs/training.md, "Picking out"): the stones ask for the named
+# shape's side and one first digit, one token each, beside the suite's ground.
+SELECT_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.5), ("shape", 1.0), ("count", 1.5), ("motion", 0.5), ("two_images", 0.5),
+           ("shape_tenth", 0.5), ("ground_one", 1.0), ("ground_side", 1.5), ("ground_tenth", 2.0), ("ground", 3.0))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
            "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
            "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES,
-           "edges": EDGE_STAGES, "position": POSITION_STAGES, "tenths": TENTHS_STAGES, "boxes": BOXES_STAGES}
+           "edges": EDGE_STAGES, "position": POSITION_STAGES, "tenths": TENTHS_STAGES, "boxes": BOXES_STAGES,
+           "select": SELECT_STAGES}
 
 
 @dataclass(frozen=True)
