@@ -36,7 +36,7 @@ def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(ston
 
 def test_stones_are_training_tasks_beside_the_suite():
     assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one", "shape_side",
-                                    "shape_edge", "shape_tenth"}
+                                    "shape_edge", "shape_tenth", "ground_side", "ground_tenth"}
     assert set(STEPPING_STONES) <= set(TRAINING_TASKS)
 
 
@@ -108,3 +108,55 @@ def test_shape_tenth_is_the_tenth_that_holds_the_asked_edge_of_the_drawn_shape()
         asked.append(edge)
         answers.add(tenth)
     assert set(asked) == {"left", "top", "right", "bottom"} and len(answers) >= 8
+
+
+def _one_shape_of_colour(image, color: str):
+    """Rows and columns of the pixels of `color`, or None where two shapes share it. Shapes' boxes are disjoint
+    and apart, so two shapes of one colour leave a gap in the rows or in the columns their pixels cover."""
+    mask = (np.asarray(image.convert("RGB")).astype(int) == np.array(COLORS[color])).all(-1)
+    ys, xs = np.nonzero(mask)
+    if not len(xs) or (np.diff(np.unique(ys)) > 1).any() or (np.diff(np.unique(xs)) > 1).any():
+        return None
+    return ys, xs
+
+
+def test_ground_side_picks_the_named_shape_of_two_or_three():
+    rng = np.random.default_rng(11)
+    answers, checked = [], 0
+    for _ in range(CASES):
+        case = make_training_case("ground_side", rng)
+        label = case.prompt.removeprefix("Is the ").removesuffix(" on the left or on the right?")
+        assert case.prompt == f"Is the {label} on the left or on the right?"
+        (image,) = case.images
+        named = _one_shape_of_colour(image, label.split()[0])
+        drawn = (np.asarray(image.convert("RGB")) != 255).any(-1).sum()
+        if named is not None:
+            _, xs = named
+            assert drawn > len(xs) + 100  # another shape to pass over
+            centre = (xs.min() + xs.max() + 1) / 2
+            if abs(centre - image.size[0] / 2) > 2:  # two pixels off the middle: the side is plain in the picture
+                assert case.answer == ("left" if centre < image.size[0] / 2 else "right"), (case.prompt, centre)
+                checked += 1
+        answers.append(case.answer)
+    assert set(answers) == {"left", "right"} and checked > CASES // 2
+
+
+def test_ground_tenth_is_the_first_digit_of_the_named_shapes_edge():
+    rng = np.random.default_rng(12)
+    checked = 0
+    for _ in range(CASES):
+        case = make_training_case("ground_tenth", rng)
+        edge, label = case.prompt.removeprefix("Which tenth of the image is the ").removesuffix(" in?").split(" edge of the ")
+        assert edge in ("left", "top", "right", "bottom")
+        (image,) = case.images
+        named = _one_shape_of_colour(image, label.split()[0])
+        if named is None:
+            continue
+        ys, xs = named
+        width, height = image.size
+        drawn = {"left": xs.min() / width, "right": (xs.max() + 1) / width, "top": ys.min() / height,
+                 "bottom": (ys.max() + 1) / height}[edge]
+        if abs(10 * drawn - round(10 * drawn)) > 0.05:  # not within a pixel or so of a tenth's boundary
+            assert case.answer == str(min(9, int(10 * drawn))), (case.prompt, drawn)
+            checked += 1
+    assert checked > CASES // 3
