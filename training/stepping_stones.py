@@ -104,13 +104,36 @@ def _scene(rng: np.random.Generator, sizes: ShapeSizes) -> tuple[Image.Image, Sh
     return draw((width, height), shapes), shapes[int(rng.integers(len(shapes)))]
 
 
+def _colour_scene(rng: np.random.Generator, sizes: ShapeSizes, asked: str | None) -> tuple[Image.Image, Shape]:
+    """Two or three shapes of distinct colours (so the colour alone names one), and the named one: of colour
+    `asked`, or any of them when None."""
+    width, height = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+    boxes = place_boxes(rng, width, height, int(rng.integers(2, 4)), sizes)
+    others = [c for c in COLORS if c != asked]
+    colors = ([asked] if asked else []) + [str(c) for c in rng.choice(others, size=len(boxes) - bool(asked), replace=False)]
+    shapes = [Shape(str(rng.choice(SHAPES)), color, box) for color, box in zip(colors, boxes)]
+    return draw((width, height), shapes), shapes[0 if asked else int(rng.integers(len(shapes)))]
+
+
+def _side_of(image: Image.Image, shape: Shape) -> str:
+    x1, _, x2, _ = shape.box
+    return "left" if (x1 + x2) / 2 < image.size[0] / 2 else "right"
+
+
+def _colour_side(name: str, asked: str | None):
+    """Which half the shape of one colour is in, among two or three of distinct colours: picking a shape out by
+    its colour, red only first (one fixed feature to look up, as two_images_red was), then any colour."""
+    def make(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
+        image, target = _colour_scene(rng, sizes, asked)
+        return Case(name, f"Is the {target.color} shape on the left or on the right?", _side_of(image, target), (image,))
+    return make
+
+
 def _ground_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     """Which half the named shape of two or three is in: picking the shape out by its label, with a one-bit answer
     (the suite's ground scored 51% on one-shape images and 3-10% with more: docs/training.md, "Picking out")."""
     image, target = _scene(rng, sizes)
-    x1, _, x2, _ = target.box
-    side = "left" if (x1 + x2) / 2 < image.size[0] / 2 else "right"
-    return Case("ground_side", f"Is the {target.label} on the left or on the right?", side, (image,))
+    return Case("ground_side", f"Is the {target.label} on the left or on the right?", _side_of(image, target), (image,))
 
 
 def _ground_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
@@ -127,7 +150,8 @@ _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
 _MAKERS = {"image_color": _image_color, "two_images_red": _two_images_asking("two_images_red", _RED),
            "two_images_rgb": _two_images_asking("two_images_rgb", _RED_BLUE_GREEN), "ground_one": _ground_one,
            "shape_side": _shape_side, "shape_edge": _shape_edge, "shape_tenth": _shape_tenth,
-           "ground_side": _ground_side, "ground_tenth": _ground_tenth}
+           "ground_side": _ground_side, "ground_tenth": _ground_tenth,
+           "red_side": _colour_side("red_side", "red"), "color_side": _colour_side("color_side", None)}
 STEPPING_STONES = tuple(_MAKERS)
 TRAINING_TASKS = TASKS + STEPPING_STONES
 
