@@ -29,7 +29,7 @@ SETTINGS = {
     "INT4 b32 L4, int8 vision": ["--block-size", "32", "--accuracy-level", "4", "--vision-quant", "int8"],
     "INT4 b32 L4, int8 KV cache": ["--block-size", "32", "--accuracy-level", "4", "--kv-cache", "int8"],
     "INT4 b32 L4, fp32 lm_head": ["--block-size", "32", "--accuracy-level", "4", "--no-quantize-lm-head"],
-    "INT4 b32 L4, 8-bit lm_head": ["--block-size", "32", "--accuracy-level", "4", "--lm-head-bits", "8"],
+    "INT4 b32 L4, 4-bit lm_head": ["--block-size", "32", "--accuracy-level", "4", "--lm-head-bits", "4"],
 }
 
 

@@ -261,12 +261,12 @@ def attention_tables(rounds: int, threads: int, rng) -> list[str]:
 
 
 def lm_head_table(rounds: int, threads: int, rng) -> list[str]:
-    heads = {"4-bit, L4 (default)": lm_head_graph(4, 4, rng), "8-bit, L4": lm_head_graph(8, 4, rng),
+    heads = {"4-bit, L4": lm_head_graph(4, 4, rng), "8-bit, L4 (the default)": lm_head_graph(8, 4, rng),
              "4-bit, L1": lm_head_graph(4, 1, rng), "8-bit, L1": lm_head_graph(8, 1, rng),
              "fp32 MatMul": lm_head_graph(None, 0, rng)}
     runners = {name: plain_runner(model, 1, threads, rng) for name, model in heads.items()}
     return table(f"Output projection at decode (M=1, {HIDDEN} -> {VOCAB}, block {BLOCK})", measure(runners, rounds, 20),
-                 "4-bit, L4 (default)")
+                 "4-bit, L4")
 
 
 SECTIONS = {"projections": projection_tables, "prefill": prefill_table, "attention": attention_tables,

@@ -115,6 +115,7 @@ def _weight_plan(options: QuantOptions):
             raise QvlError(f"expected {ctx.family.decoder_experts(ctx.config)} QMoE nodes, the INT4 plan made "
                            f"{counts.get('QMoE', 0)} (and left {counts.get('MoE', 0)} MoE)")
         ctx.record["op_counts"] = counts
+        ctx.record["lm_head_bits"], ctx.record["embedding_bits"] = int4.lm_head_bits, int4.embedding_bits
         return int4
     return plan
 
@@ -148,7 +149,9 @@ def _describe(options: QuantOptions):
         return {
             "quant": {"mode": options.mode, "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                       "quantize_lm_head": options.quantize_lm_head,
-                      "lm_head_bits": options.head_bits if options.quantize_lm_head else None, "symmetric": options.symmetric,
+                      # bits as written (None: float32), the table's the lm_head's where it shares its bytes
+                      "lm_head_bits": ctx.record.get("lm_head_bits"), "embedding_bits": ctx.record.get("embedding_bits"),
+                      "symmetric": options.symmetric,
                       "quantize_embedding": options.quantize_embedding,
                       "kv_cache": ctx.record.get("kv_cache", {"dtype": "fp32"}),
                       "op_counts": ctx.record.get("op_counts", {})},

@@ -23,13 +23,6 @@ class QuantOptions:
     # 1.32 runs 8-bit MatMulNBits fast only at level 4 (int8 activations): at 2B size 1.3x the 4-bit lm_head's time
     # there, 95x at level 1 (bench/decoder_kernels.py --sections lm_head), hence 4 bits at the other levels.
     lm_head_bits: int | None = None
-
-    @property
-    def head_bits(self) -> int:
-        """The lm_head's bits, resolved."""
-        if self.lm_head_bits is not None:
-            return self.lm_head_bits
-        return 8 if self.accuracy_level == 4 else 4
     quantize_embedding: bool = True  # GatherBlockQuantized table (int4 mode, symmetric only)
     symmetric: bool = True
     # RMSNorm chains as onnxruntime's (Skip)SimplifiedLayerNormalization (export.fusion.fuse_rms_norm)
@@ -41,6 +34,13 @@ class QuantOptions:
     # The attention's KV cache: "int8" stores keys and values as int8 with calibrated per-channel scales
     # (export.kv_cache_int8), reading a quarter of the fp32 cache's bytes per decoded token.
     kv_cache: str = "fp32"
+
+    @property
+    def head_bits(self) -> int:
+        """The lm_head's bits, resolved."""
+        if self.lm_head_bits is not None:
+            return self.lm_head_bits
+        return 8 if self.accuracy_level == 4 else 4
 
     def validate(self) -> None:
         if self.mode not in ("int4", "fp32"):

@@ -2,11 +2,12 @@
 
 Each projection weight goes through onnxruntime's own block quantizer (`DefaultWeightOnlyQuantizer`, the
 per-tensor step of `MatMulNBitsQuantizer`), one tensor at a time, and gets the names, shapes and node
-that `MatMulNBitsQuantizer` gives it. The embedding table becomes `GatherBlockQuantized` over 4-bit rows
-(zero point 8, as MatMulNBits' symmetric weights): where the checkpoint ties it to the lm_head, it reads
-the lm_head's packed bytes in place (a second view of the same external data, [vocab, hidden/2]), so the
-table costs no bytes on disk; where it is untied it gets its own quantized copy. With `lm_head_bits` 8 the lm_head
-(and the table that shares its bytes) keeps 8 bits per weight ([N, K/block, block] bytes, zero point 128).
+that `MatMulNBitsQuantizer` gives it (an 8-bit lm_head keeps the `_Q4` names, which that quantizer spells
+`_Q8`). The embedding table becomes `GatherBlockQuantized` over 4-bit rows (zero point 8, as MatMulNBits'
+symmetric weights): where the checkpoint ties it to the lm_head, it reads the lm_head's packed bytes in place
+(a second view of the same external data, [vocab, hidden * bits / 8]), so the table costs no bytes on disk;
+where it is untied it gets its own 4-bit copy. With `lm_head_bits` 8 the lm_head (and a table that shares its
+bytes) keeps 8 bits per weight ([N, K/block, block] bytes, zero point 128).
 """
 from __future__ import annotations
 
@@ -57,6 +58,18 @@ class Int4Plan:
         if not options.symmetric:
             log.info("asymmetric INT4: the embedding table stays float32 (GatherBlockQuantized here is symmetric only)")
         self._rewrite_nodes(proto)
+
+    @property
+    def lm_head_bits(self) -> int | None:
+        """Bits of the lm_head's MatMulNBits (None: it stays float32)."""
+        return self.options.head_bits if self.lm_head in self.matmuls else None
+
+    @property
+    def embedding_bits(self) -> int | None:
+        """Bits of the GatherBlockQuantized table (None: it stays float32): the lm_head's where it shares its bytes."""
+        if not self.quantize_embedding:
+            return None
+        return self.options.head_bits if self.shared else 4
 
     def _rewrite_nodes(self, proto: onnx.ModelProto) -> None:
         nodes = []
@@ -143,7 +156,7 @@ class Int4Plan:
         return [writer.add(name, source.read(reader))]
 
     def finish(self, writer: TensorWriter, written: dict[str, onnx.TensorProto]) -> list[onnx.TensorProto]:
-        """The shared table: the lm_head's packed bytes seen as [vocab, hidden/2]."""
+        """The shared table: the lm_head's packed bytes seen as [vocab, hidden * bits / 8]."""
         if not (self.shared and self.quantize_embedding):
             return []
         packed = written[self.lm_head + "_Q4"]

@@ -160,14 +160,15 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
               help="MatMulNBits accuracy_level: 4 quantizes activations to int8 (same task accuracy, 3.5x "
                    "faster decode here: see the README); 0/1 keep fp32 activations (logits exact to the weights).")
 @click.option("--quantize-lm-head/--no-quantize-lm-head", default=True, show_default=True,
-              help="INT4 output projection (with --quant int4); --no-quantize-lm-head keeps it float32.")
+              help="Quantized output projection (with --quant int4, at --lm-head-bits); --no-quantize-lm-head "
+                   "keeps it float32.")
 @click.option("--lm-head-bits", type=click.Choice(["auto", "4", "8"]), default="auto", show_default=True,
               help="Bits per weight of the quantized output projection (and of a table tied to it). auto: 8 at "
                    "accuracy level 4 (keeps grounding's box digits: see the README), 4 at the other levels, "
                    "where onnxruntime has no fast 8-bit kernel.")
 @click.option("--quantize-embedding/--no-quantize-embedding", default=True, show_default=True,
-              help="INT4 embedding table (GatherBlockQuantized; shares the lm_head's bytes when the checkpoint "
-                   "ties them). --no-quantize-embedding keeps it float32 (+1.2 GB at 2B size).")
+              help="Quantized embedding table (GatherBlockQuantized; shares the lm_head's bytes and bits when the "
+                   "checkpoint ties them). --no-quantize-embedding keeps it float32 (+1.2 GB at 2B size).")
 @click.option("--fuse-rms-norm/--no-fuse-rms-norm", default=True, show_default=True,
               help="RMSNorm chains as onnxruntime's (Skip)SimplifiedLayerNormalization in the decoder.")
 @click.option("--fused-rotary/--no-fused-rotary", default=False, show_default=True,

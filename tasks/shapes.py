@@ -100,7 +100,7 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: i
 
 
 def place_boxes(rng: np.random.Generator, width: int, height: int, count: int,
-           sizes: ShapeSizes) -> list[tuple[int, int, int, int]]:
+                sizes: ShapeSizes) -> list[tuple[int, int, int, int]]:
     """`count` square boxes inside the image, pairwise disjoint and apart by MIN_GAP of the shorter side (two
     touching shapes of one colour would read as one); sizes shrink toward the minimum if crowded."""
     smallest, largest = sizes.smallest, sizes.largest
@@ -146,15 +146,21 @@ def _count(rng, sizes):
     return Case("count", "How many shapes are there?", str(len(shapes)), (draw((width, height), shapes),))
 
 
-def _ground(rng, sizes):
+def labelled_scene(rng: np.random.Generator, sizes: ShapeSizes, fewest: int = 1,
+                   most: int = 3) -> tuple[Image.Image, Shape]:
+    """`fewest` to `most` shapes with distinct (colour, shape) pairs, and the one a question names (ground's image)."""
     width, height = _size(rng)
-    boxes = place_boxes(rng, width, height, int(rng.integers(1, 4)), sizes)
+    boxes = place_boxes(rng, width, height, int(rng.integers(fewest, most + 1)), sizes)
     pairs = [(kind, color) for kind in SHAPES for color in COLORS]
     chosen = rng.choice(len(pairs), size=len(boxes), replace=False)
     shapes = [Shape(*pairs[int(i)], box) for i, box in zip(chosen, boxes)]
     target = shapes[int(rng.integers(len(shapes)))]
-    return Case("ground", f"Locate the {target.label}.", grounding_reply(target, width, height),
-                (draw((width, height), shapes),))
+    return draw((width, height), shapes), target
+
+
+def _ground(rng, sizes):
+    image, target = labelled_scene(rng, sizes)
+    return Case("ground", f"Locate the {target.label}.", grounding_reply(target, *image.size), (image,))
 
 
 def two_single_shapes(rng: np.random.Generator, sizes: ShapeSizes) -> tuple[tuple[Image.Image, Image.Image],

@@ -220,3 +220,20 @@ def test_lm_head_bits_8_keeps_eight_bits_where_the_table_shares_them(tiny_dir, h
     parity = decoder_parity(decoder, reference, FAMILY, steps=8, seed=23, parts=TEST_PROMPT, tolerance=INT4_TOLERANCE)
     assert parity.prefill_max_rel <= INT4_TOLERANCE and max(parity.steps_max_rel) <= INT4_TOLERANCE
     assert parity.onnx_tokens == parity.reference_tokens
+
+
+def test_lm_head_bits_auto_is_8_at_level_4_only(tmp_path):
+    """auto (None) resolves by accuracy level: onnxruntime runs 8-bit MatMulNBits fast only at level 4; a choice
+    stands at any level; anything but 4 or 8 is refused in one line, from the CLI too."""
+    from click.testing import CliRunner
+
+    from qvl_compile.cli import main
+    from qvl_compile.errors import QvlError
+
+    assert QuantOptions().head_bits == 8 and QuantOptions(accuracy_level=1).head_bits == 4
+    assert QuantOptions(accuracy_level=1, lm_head_bits=8).head_bits == 8
+    assert QuantOptions(lm_head_bits=4).head_bits == 4
+    with pytest.raises(QvlError, match="--lm-head-bits: expected 4 or 8, got 6"):
+        QuantOptions(lm_head_bits=6).validate()
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "none"), str(tmp_path / "out"), "--lm-head-bits", "6"])
+    assert result.exit_code != 0 and "'6' is not one of 'auto', '4', '8'" in result.output

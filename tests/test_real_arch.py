@@ -76,8 +76,8 @@ def _check_against_whole_graph_quantizer(model_dir, graph_path, names):
         quantizer.process()
         whole = {t.name: numpy_helper.to_array(t) for t in quantizer.model.model.graph.initializer}
         del weight, g, quantizer
-        for suffix in ("_Q4", "_scales"):
-            got, expected = graph.array(name + suffix), whole[name + suffix]
+        for suffix, theirs in (("_Q4", f"_Q{bits}"), ("_scales", "_scales")):  # our 8-bit rows keep the _Q4 name
+            got, expected = graph.array(name + suffix), whole[name + theirs]
             assert got.shape == expected.shape and got.tobytes() == expected.tobytes(), name + suffix
 
 

@@ -36,7 +36,8 @@ def test_which_image_stones_ask_only_their_colours_and_name_the_right_image(ston
 
 def test_stones_are_training_tasks_beside_the_suite():
     assert set(STEPPING_STONES) == {"image_color", "two_images_red", "two_images_rgb", "ground_one", "shape_side",
-                                    "shape_edge", "shape_tenth", "ground_side", "ground_tenth"}
+                                    "shape_edge", "shape_tenth", "ground_side", "ground_tenth", "red_side",
+                                    "color_side"}
     assert set(STEPPING_STONES) <= set(TRAINING_TASKS)
 
 
@@ -160,3 +161,25 @@ def test_ground_tenth_is_the_first_digit_of_the_named_shapes_edge():
             assert case.answer == str(min(9, int(10 * drawn))), (case.prompt, drawn)
             checked += 1
     assert checked > CASES // 3
+
+
+@pytest.mark.parametrize("stone, allowed", [("red_side", {"red"}), ("color_side", set(COLORS))])
+def test_colour_side_stones_name_a_colour_only_one_shape_has(stone, allowed):
+    rng = np.random.default_rng(13)
+    asked_seen, answers = set(), []
+    for _ in range(CASES):
+        case = make_training_case(stone, rng)
+        color = case.prompt.removeprefix("Is the ").removesuffix(" shape on the left or on the right?")
+        assert case.prompt == f"Is the {color} shape on the left or on the right?"
+        (image,) = case.images
+        assert len(_colors_of(image)) >= 2  # two or three shapes, each of its own colour
+        named = _one_shape_of_colour(image, color)
+        assert named is not None
+        _, xs = named
+        centre = (xs.min() + xs.max() + 1) / 2
+        if abs(centre - image.size[0] / 2) > 2:
+            assert case.answer == ("left" if centre < image.size[0] / 2 else "right"), (case.prompt, centre)
+        asked_seen.add(color)
+        answers.append(case.answer)
+    assert asked_seen <= allowed and len(asked_seen) >= min(len(allowed), 5)
+    assert set(answers) == {"left", "right"}

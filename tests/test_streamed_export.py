@@ -102,11 +102,16 @@ def untied_dir(tiny_dir, tmp_path_factory):
 
 
 def test_untied_sharded_bf16_checkpoint_exports_with_its_own_table(untied_dir, tmp_path):
-    """The export's own streamed verification passes; the table has its own packed copy and scales."""
+    """The export's own streamed verification passes; the table has its own packed 4-bit copy and scales beside the
+    default level-4 export's 8-bit lm_head, and the manifest says so."""
     export_model(untied_dir, tmp_path / "out", component="decoder")
     graph = GraphWeights(tmp_path / "out" / "decoder.onnx")
     (gather,) = graph.nodes("GatherBlockQuantized")
     assert gather.input[0] == "embed_tokens_Q4" and gather.input[2] == "embed_tokens_scales"
+    bits = {n.input[1]: next(a.i for a in n.attribute if a.name == "bits") for n in graph.nodes("MatMulNBits")}
+    assert bits["lm_head.weight_t_Q4"] == 8 and next(a.i for a in gather.attribute if a.name == "bits") == 4
+    quant = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"]["decoder"]["quant"]
+    assert (quant["lm_head_bits"], quant["embedding_bits"]) == (8, 4)
     reader = CheckpointReader(untied_dir)
     _check_table_close(dequantize_gather(gather, graph), reader.read(EMBEDDING).numpy(), graph.array(gather.input[2]),
                        block=QuantOptions().block_size)

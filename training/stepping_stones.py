@@ -22,6 +22,7 @@ from qvl_compile.tasks.shapes import (
     ShapeSizes,
     draw,
     grounding_reply,
+    labelled_scene,
     make_case,
     place_boxes,
     single_shape,
@@ -93,17 +94,6 @@ def _shape_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
                 str(min(9, 10 * position // size)), (image,))
 
 
-def _scene(rng: np.random.Generator, sizes: ShapeSizes) -> tuple[Image.Image, Shape]:
-    """Two or three shapes with distinct (colour, shape) pairs, drawn as the suite's ground draws them, and the one
-    a question names: the suite's ground without its one-shape cases, where nothing has to be picked out."""
-    width, height = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
-    boxes = place_boxes(rng, width, height, int(rng.integers(2, 4)), sizes)
-    pairs = [(kind, color) for kind in SHAPES for color in COLORS]
-    chosen = rng.choice(len(pairs), size=len(boxes), replace=False)
-    shapes = [Shape(*pairs[int(i)], box) for i, box in zip(chosen, boxes)]
-    return draw((width, height), shapes), shapes[int(rng.integers(len(shapes)))]
-
-
 def _colour_scene(rng: np.random.Generator, sizes: ShapeSizes, asked: str | None) -> tuple[Image.Image, Shape]:
     """Two or three shapes of distinct colours (so the colour alone names one), and the named one: of colour
     `asked`, or any of them when None."""
@@ -132,13 +122,13 @@ def _colour_side(name: str, asked: str | None):
 def _ground_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     """Which half the named shape of two or three is in: picking the shape out by its label, with a one-bit answer
     (the suite's ground scored 51% on one-shape images and 3-10% with more: docs/training.md, "Picking out")."""
-    image, target = _scene(rng, sizes)
+    image, target = labelled_scene(rng, sizes, fewest=2)
     return Case("ground_side", f"Is the {target.label} on the left or on the right?", _side_of(image, target), (image,))
 
 
 def _ground_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     """shape_tenth for the named shape of two or three: the first digit of one of its box's numbers."""
-    image, target = _scene(rng, sizes)
+    image, target = labelled_scene(rng, sizes, fewest=2)
     edge = str(rng.choice(list(_EDGES)))
     index, across = _EDGES[edge]
     size = image.size[0] if across == "width" else image.size[1]
