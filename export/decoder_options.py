@@ -20,8 +20,8 @@ class QuantOptions:
     # Bits of the quantized output projection (and of a table tied to it); None: 8 at accuracy level 4, else 4.
     # It sets every logit: on the trained tiny model the 4-bit lm_head cost grounding 9-11 points, which 8 bits
     # restore (README, accuracy table); llama.cpp's Q4_0 likewise keeps its output tensor at 6 bits. onnxruntime
-    # 1.32 runs 8-bit MatMulNBits fast only at level 4 (int8 activations): at 2B size 1.3x the 4-bit lm_head's time
-    # there, 95x at level 1 (bench/decoder_kernels.py --sections lm_head), hence 4 bits at the other levels.
+    # 1.32 runs 8-bit MatMulNBits fast only at level 4 (int8 activations): at 2B size 1.42x the 4-bit lm_head's time
+    # there, 106x at level 1 (docs/perf/lm_head_bits_2b.md), hence 4 bits at the other levels.
     lm_head_bits: int | None = None
     quantize_embedding: bool = True  # GatherBlockQuantized table (int4 mode, symmetric only)
     symmetric: bool = True
