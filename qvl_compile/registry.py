@@ -36,6 +36,8 @@ class Family:
     vision_module: str = ""  # the vision tower's path in the full transformers model, e.g. "model.visual"
     ships_trained_tiny: bool = True  # write_tiny(trained=True) gives a trained model (else seeded random weights)
     float32_weights: tuple[str, ...] = ()  # suffixes of decoder MatMul weights that --quant int4 leaves float32
+    # --lm-head-bits auto at accuracy level 4: 8 where a trained model's task accuracy chose it (README, accuracy table)
+    auto_lm_head_bits: int = 8
 
     # --- config (torch-free) ---
     def parse_config(self, raw: dict[str, Any], source: str) -> "ModelConfig":
