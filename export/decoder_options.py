@@ -17,7 +17,8 @@ class QuantOptions:
     # 1 keeps fp32 activations: logits match the fake-quant reference to ~1e-6 (the goldens' exact path).
     accuracy_level: int = 4
     quantize_lm_head: bool = True
-    # Bits of the quantized output projection (and of a table tied to it); None: 8 at accuracy level 4, else 4.
+    # Bits of the quantized output projection (and of a table tied to it); None: at accuracy level 4 the family's
+    # choice (Family.auto_lm_head_bits: 8 for Qwen3-VL, 4 for the MoE family), else 4.
     # It sets every logit: on the trained tiny model the 4-bit lm_head cost grounding 9-11 points, which 8 bits
     # restore (README, accuracy table); llama.cpp's Q4_0 likewise keeps its output tensor at 6 bits. onnxruntime
     # 1.32 runs 8-bit MatMulNBits fast only at level 4 (int8 activations): at 2B size 1.42x the 4-bit lm_head's time
@@ -37,7 +38,7 @@ class QuantOptions:
 
     @property
     def head_bits(self) -> int:
-        """The lm_head's bits, resolved."""
+        """The lm_head's bits, resolved (the export resolves auto by family before this)."""
         if self.lm_head_bits is not None:
             return self.lm_head_bits
         return 8 if self.accuracy_level == 4 else 4

@@ -164,8 +164,8 @@ def random_checkpoint(arch: str, out_dir: Path, seed: int, vision_only: bool, fo
                    "keeps it float32.")
 @click.option("--lm-head-bits", type=click.Choice(["auto", "4", "8"]), default="auto", show_default=True,
               help="Bits per weight of the quantized output projection (and of a table tied to it). auto: 8 at "
-                   "accuracy level 4 (keeps grounding's box digits: see the README), 4 at the other levels, "
-                   "where onnxruntime has no fast 8-bit kernel.")
+                   "accuracy level 4 for Qwen3-VL (keeps grounding's box digits: see the README), else 4 (the MoE "
+                   "family; other levels, where onnxruntime has no fast 8-bit kernel).")
 @click.option("--quantize-embedding/--no-quantize-embedding", default=True, show_default=True,
               help="Quantized embedding table (GatherBlockQuantized; shares the lm_head's bytes and bits when the "
                    "checkpoint ties them). --no-quantize-embedding keeps it float32 (+1.2 GB at 2B size).")
