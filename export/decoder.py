@@ -11,7 +11,7 @@ transformers holding its dequantized weights, streamed module by module (`export
 """
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import onnx
@@ -105,10 +105,8 @@ def _weight_plan(options: QuantOptions):
                 raise QvlError(f"expected {ctx.family.decoder_experts(ctx.config)} MoE nodes, the graph has "
                                f"{ctx.record['op_counts'].get('MoE', 0)}")
             return None
-        chosen = options
-        if options.lm_head_bits is None and options.accuracy_level == 4:  # auto: the family's choice
-            chosen = replace(options, lm_head_bits=ctx.family.auto_lm_head_bits)
-        int4 = Int4Plan(proto, sources, chosen, lm_head=LM_HEAD + ".weight_t", embedding=EMBEDDING,
+        int4 = Int4Plan(proto, sources, options, lm_head=LM_HEAD + ".weight_t", embedding=EMBEDDING,
+                        head_bits=options.head_bits_for(ctx.family.auto_lm_head_bits),
                         keep_float32=ctx.family.float32_weights)
         counts = count_ops(proto)
         expected = ctx.family.decoder_projections(ctx.config) + (1 if options.quantize_lm_head else 0)

@@ -36,12 +36,12 @@ class QuantOptions:
     # (export.kv_cache_int8), reading a quarter of the fp32 cache's bytes per decoded token.
     kv_cache: str = "fp32"
 
-    @property
-    def head_bits(self) -> int:
-        """The lm_head's bits, resolved (the export resolves auto by family before this)."""
+    def head_bits_for(self, family_auto: int) -> int:
+        """The lm_head's bits: the choice made, else (auto) `family_auto` (Family.auto_lm_head_bits) at accuracy
+        level 4 and 4 at the other levels. The one place auto is resolved."""
         if self.lm_head_bits is not None:
             return self.lm_head_bits
-        return 8 if self.accuracy_level == 4 else 4
+        return family_auto if self.accuracy_level == 4 else 4
 
     def validate(self) -> None:
         if self.mode not in ("int4", "fp32"):

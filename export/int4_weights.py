@@ -41,12 +41,13 @@ class Int4Plan:
     weightless graph before any weight is read; `write` then packs each weight as it streams past."""
 
     def __init__(self, proto: onnx.ModelProto, sources: dict[str, WeightSource], options: QuantOptions,
-                 lm_head: str, embedding: str, keep_float32: tuple[str, ...] = ()):
-        """`keep_float32`: name suffixes of MatMul weights left float32 (a family's `float32_weights`)."""
-        self.options, self.sources = options, sources
+                 lm_head: str, embedding: str, head_bits: int = 4, keep_float32: tuple[str, ...] = ()):
+        """`head_bits`: the lm_head's bits, resolved (QuantOptions.head_bits_for); `keep_float32`: name suffixes of
+        MatMul weights left float32 (a family's `float32_weights`)."""
+        self.options, self.sources, self.head_bits = options, sources, head_bits
         self.quantizer = block_quantizer(options)
         # The output projection may keep 8 bits (--lm-head-bits): it sets every logit, grounding's digits included
-        self.lm_head_quantizer = block_quantizer(options, options.head_bits)
+        self.lm_head_quantizer = block_quantizer(options, head_bits)
         self.lm_head, self.embedding = lm_head, embedding
         self.matmuls = {n.input[1] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in sources
                         and len(sources[n.input[1]].shape) == 2 and not any(n.input[1].endswith(k) for k in keep_float32)
@@ -62,14 +63,14 @@ class Int4Plan:
     @property
     def lm_head_bits(self) -> int | None:
         """Bits of the lm_head's MatMulNBits (None: it stays float32)."""
-        return self.options.head_bits if self.lm_head in self.matmuls else None
+        return self.head_bits if self.lm_head in self.matmuls else None
 
     @property
     def embedding_bits(self) -> int | None:
         """Bits of the GatherBlockQuantized table (None: it stays float32): the lm_head's where it shares its bytes."""
         if not self.quantize_embedding:
             return None
-        return self.options.head_bits if self.shared else 4
+        return self.head_bits if self.shared else 4
 
     def _rewrite_nodes(self, proto: onnx.ModelProto) -> None:
         nodes = []
@@ -99,7 +100,7 @@ class Int4Plan:
                                      block_size=self.options.block_size, **level)
 
     def _bits(self, weight: str) -> int:
-        return self.options.head_bits if weight == self.lm_head else 4
+        return self.head_bits if weight == self.lm_head else 4
 
     def _quantizer_for(self, weight: str):
         return self.lm_head_quantizer if weight == self.lm_head else self.quantizer

@@ -139,9 +139,15 @@ def _shape(rng, sizes):
     return Case("shape", "What shape is this?", shape.kind, (image,))
 
 
-def _count(rng, sizes):
+def scene_boxes(rng: np.random.Generator, sizes: ShapeSizes, fewest: int,
+                most: int) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+    """An image's width and height and `fewest` to `most` boxes placed in it: how every multi-shape image begins."""
     width, height = _size(rng)
-    boxes = place_boxes(rng, width, height, int(rng.integers(1, 5)), sizes)
+    return width, height, place_boxes(rng, width, height, int(rng.integers(fewest, most + 1)), sizes)
+
+
+def _count(rng, sizes):
+    width, height, boxes = scene_boxes(rng, sizes, 1, 4)
     shapes = [Shape(_pick(rng, SHAPES), _pick(rng, list(COLORS)), box) for box in boxes]
     return Case("count", "How many shapes are there?", str(len(shapes)), (draw((width, height), shapes),))
 
@@ -149,8 +155,7 @@ def _count(rng, sizes):
 def labelled_scene(rng: np.random.Generator, sizes: ShapeSizes, fewest: int = 1,
                    most: int = 3) -> tuple[Image.Image, Shape]:
     """`fewest` to `most` shapes with distinct (colour, shape) pairs, and the one a question names (ground's image)."""
-    width, height = _size(rng)
-    boxes = place_boxes(rng, width, height, int(rng.integers(fewest, most + 1)), sizes)
+    width, height, boxes = scene_boxes(rng, sizes, fewest, most)
     pairs = [(kind, color) for kind in SHAPES for color in COLORS]
     chosen = rng.choice(len(pairs), size=len(boxes), replace=False)
     shapes = [Shape(*pairs[int(i)], box) for i, box in zip(chosen, boxes)]

@@ -230,9 +230,10 @@ def test_lm_head_bits_auto_is_8_at_level_4_only(tmp_path):
     from qvl_compile.cli import main
     from qvl_compile.errors import QvlError
 
-    assert QuantOptions().head_bits == 8 and QuantOptions(accuracy_level=1).head_bits == 4
-    assert QuantOptions(accuracy_level=1, lm_head_bits=8).head_bits == 8
-    assert QuantOptions(lm_head_bits=4).head_bits == 4
+    assert QuantOptions().head_bits_for(8) == 8 and QuantOptions(accuracy_level=1).head_bits_for(8) == 4
+    assert QuantOptions().head_bits_for(4) == 4
+    assert QuantOptions(accuracy_level=1, lm_head_bits=8).head_bits_for(4) == 8
+    assert QuantOptions(lm_head_bits=4).head_bits_for(8) == 4
     with pytest.raises(QvlError, match="--lm-head-bits: expected 4 or 8, got 6"):
         QuantOptions(lm_head_bits=6).validate()
     result = CliRunner().invoke(main, ["export", str(tmp_path / "none"), str(tmp_path / "out"), "--lm-head-bits", "6"])

@@ -54,3 +54,23 @@ def test_the_position_embedding_steps_at_its_own_multiple_of_the_learning_rate(t
     other = _held_out_examples(TrainConfig(stages=(OTHER_STAGE, STAGE), held_out=2), ExampleEncoder(tiny_dir))
     assert all(np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.video_rows[0], b.video_rows[0])
                for a, b in zip(held_out["motion"], other["motion"]))
+
+
+def test_a_run_begins_at_its_first_stage_and_refuses_one_its_recipe_lacks(tiny_dir, tmp_path, capsys):
+    """--first-stage N continues a recipe past the stages an earlier leg passed: every step is drawn from stage N."""
+    import json
+
+    import pytest
+
+    from qvl_compile.training.shapes import TrainConfig, main, train
+
+    config = TrainConfig(steps=2, batch=2, warmup=1, stages=(OTHER_STAGE, Stage((("color", 1.0),), sizes=SPEC_SIZES)),
+                         first_stage=1, log_every=1, eval_every=2, save_every=2, held_out=2, threads=1)
+    out = train(tmp_path / "run", config, start_from=tiny_dir)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [record["stage"] for record in log] == [1, 1]
+    assert all(set(record["loss"]) == {"color"} for record in log)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "other"), "--recipe", "pick", "--first-stage", "3"])
+    assert "--first-stage: expected 0 to 2 for recipe 'pick', got 3" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -164,6 +164,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     stages: tuple[Stage, ...] = DEFAULT_STAGES
+    first_stage: int = 0  # > 0: begin at this stage (an earlier leg passed the ones before it)
     log_every: int = 50
     eval_every: int = 100
     save_every: int = 500
@@ -322,7 +323,7 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     log_file = (out_dir / "train_log.jsonl").open("a")
     window: dict[str, list[float]] = {}
     started = time.time()
-    stage_index, stage_start, step = 0, 0, 0
+    stage_index, stage_start, step = config.first_stage, 0, 0
     while step < config.steps:
         stage = config.stages[stage_index]
         tasks, batch = batches.get(step, stage, config.steps)
@@ -369,6 +370,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="full",
                         help="full: the curriculum from scratch; finish, grounding: continue a full run "
                              "(with --start-from; docs/training.md)")
+    parser.add_argument("--first-stage", type=int, default=0,
+                        help="begin at this stage of the recipe, counted from 0 (an earlier leg passed the ones before)")
     parser.add_argument("--device", default=TrainConfig.device, help="cpu or cuda")
     parser.add_argument("--workers", type=int, default=TrainConfig.workers,
                         help="processes making batches ahead of the training step")
@@ -380,9 +383,12 @@ def main(argv=None) -> None:
     parser.add_argument("--position-lr-scale", type=float, default=TrainConfig.position_lr_scale,
                         help="the vision position embedding's learning rate as a multiple of --lr")
     args = parser.parse_args(argv)
+    if not 0 <= args.first_stage < len(RECIPES[args.recipe]):
+        parser.error(f"--first-stage: expected 0 to {len(RECIPES[args.recipe]) - 1} for recipe {args.recipe!r}, "
+                     f"got {args.first_stage}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                         stages=RECIPES[args.recipe], device=args.device, workers=args.workers,
+                         stages=RECIPES[args.recipe], first_stage=args.first_stage, device=args.device, workers=args.workers,
                          time_budget=args.time_budget, held_out=args.held_out,
                          position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight)
     train(args.out_dir, config, args.start_from)

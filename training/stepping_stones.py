@@ -12,8 +12,6 @@ from PIL import Image
 
 from qvl_compile.tasks.shapes import (
     COLORS,
-    MAX_SIDE,
-    MIN_SIDE,
     SHAPES,
     SPEC_SIZES,
     TASKS,
@@ -24,7 +22,7 @@ from qvl_compile.tasks.shapes import (
     grounding_reply,
     labelled_scene,
     make_case,
-    place_boxes,
+    scene_boxes,
     single_shape,
     two_single_shapes,
 )
@@ -59,24 +57,34 @@ def _ground_one(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     return Case("ground_one", f"Locate the {shape.label}.", grounding_reply(shape, *image.size), (image,))
 
 
+def _side_of(image: Image.Image, shape: Shape) -> str:
+    """Which half of the image the shape's centre is in: "left" or "right"."""
+    x1, _, x2, _ = shape.box
+    return "left" if (x1 + x2) / 2 < image.size[0] / 2 else "right"
+
+
 def _shape_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     """Which half the one shape's centre is in: the coarsest position readout, one bit of what a box needs."""
     image, shape = single_shape(rng, sizes)
-    x1, _, x2, _ = shape.box
-    side = "left" if (x1 + x2) / 2 < image.size[0] / 2 else "right"
-    return Case("shape_side", "Is the shape on the left or on the right?", side, (image,))
+    return Case("shape_side", "Is the shape on the left or on the right?", _side_of(image, shape), (image,))
 
 
 _EDGES = {"left": (0, "width"), "top": (1, "height"), "right": (2, "width"), "bottom": (3, "height")}
+
+
+def _edge_of(rng: np.random.Generator, image: Image.Image, shape: Shape) -> tuple[str, int, int]:
+    """One of the shape's box edges, drawn -> (edge name, edge in pixels, the image's width or height, whichever the
+    edge is measured along)."""
+    edge = str(rng.choice(list(_EDGES)))
+    index, across = _EDGES[edge]
+    return edge, shape.box[index], image.size[0] if across == "width" else image.size[1]
 
 
 def _asked_edge(rng: np.random.Generator, sizes: ShapeSizes):
     """One shape and one of its box's edges, drawn in that order -> (image, edge name, edge in pixels, the image's
     width or height, whichever the edge is measured along)."""
     image, shape = single_shape(rng, sizes)
-    edge = str(rng.choice(list(_EDGES)))
-    index, across = _EDGES[edge]
-    return image, edge, shape.box[index], image.size[0] if across == "width" else image.size[1]
+    return (image, *_edge_of(rng, image, shape))
 
 
 def _shape_edge(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
@@ -97,17 +105,11 @@ def _shape_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
 def _colour_scene(rng: np.random.Generator, sizes: ShapeSizes, asked: str | None) -> tuple[Image.Image, Shape]:
     """Two or three shapes of distinct colours (so the colour alone names one), and the named one: of colour
     `asked`, or any of them when None."""
-    width, height = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
-    boxes = place_boxes(rng, width, height, int(rng.integers(2, 4)), sizes)
+    width, height, boxes = scene_boxes(rng, sizes, 2, 3)
     others = [c for c in COLORS if c != asked]
     colors = ([asked] if asked else []) + [str(c) for c in rng.choice(others, size=len(boxes) - bool(asked), replace=False)]
     shapes = [Shape(str(rng.choice(SHAPES)), color, box) for color, box in zip(colors, boxes)]
     return draw((width, height), shapes), shapes[0 if asked else int(rng.integers(len(shapes)))]
-
-
-def _side_of(image: Image.Image, shape: Shape) -> str:
-    x1, _, x2, _ = shape.box
-    return "left" if (x1 + x2) / 2 < image.size[0] / 2 else "right"
 
 
 def _colour_side(name: str, asked: str | None):
@@ -129,11 +131,9 @@ def _ground_side(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
 def _ground_tenth(rng: np.random.Generator, sizes: ShapeSizes) -> Case:
     """shape_tenth for the named shape of two or three: the first digit of one of its box's numbers."""
     image, target = labelled_scene(rng, sizes, fewest=2)
-    edge = str(rng.choice(list(_EDGES)))
-    index, across = _EDGES[edge]
-    size = image.size[0] if across == "width" else image.size[1]
+    edge, position, size = _edge_of(rng, image, target)
     return Case("ground_tenth", f"Which tenth of the image is the {edge} edge of the {target.label} in?",
-                str(min(9, 10 * target.box[index] // size)), (image,))
+                str(min(9, 10 * position // size)), (image,))
 
 
 _RED, _RED_BLUE_GREEN = ("red",), ("red", "blue", "green")
