@@ -73,4 +73,17 @@ def test_a_run_begins_at_its_first_stage_and_refuses_one_its_recipe_lacks(tiny_d
     with pytest.raises(SystemExit):
         main([str(tmp_path / "other"), "--recipe", "pick", "--first-stage", "3"])
     assert "--first-stage: expected 0 to 2 for recipe 'pick', got 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "other"), "--decay-fraction", "0"])
+    assert "--decay-fraction: expected a number in (0, 1], got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_decay_fraction_of_one_decays_from_the_end_of_warmup():
+    """--decay-fraction 1: a leg that only anneals (cosine from lr after warmup down to min_lr at the last step)."""
+    from qvl_compile.training.shapes import TrainConfig, _lr
+
+    config = TrainConfig(steps=1000, warmup=100, lr=1e-3, min_lr=1e-5, decay_fraction=1.0)
+    rates = [_lr(config, step) for step in range(100, 1000)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # falls from the end of warmup on
+    assert 0.95e-3 < rates[0] < 1e-3 and abs(rates[450] - 0.5 * (1e-3 + 1e-5)) < 1e-4 and rates[-1] < 1.1e-5

@@ -364,6 +364,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch", type=int, default=TrainConfig.batch)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--decay-fraction", type=float, default=TrainConfig.decay_fraction,
+                        help="the share of the steps, at the end, over which lr decays to its minimum (cosine)")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--start-from", help="a checkpoint folder to continue from")
@@ -383,13 +385,15 @@ def main(argv=None) -> None:
     parser.add_argument("--position-lr-scale", type=float, default=TrainConfig.position_lr_scale,
                         help="the vision position embedding's learning rate as a multiple of --lr")
     args = parser.parse_args(argv)
+    if not 0 < args.decay_fraction <= 1:
+        parser.error(f"--decay-fraction: expected a number in (0, 1], got {args.decay_fraction}")
     if not 0 <= args.first_stage < len(RECIPES[args.recipe]):
         parser.error(f"--first-stage: expected 0 to {len(RECIPES[args.recipe]) - 1} for recipe {args.recipe!r}, "
                      f"got {args.first_stage}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                         stages=RECIPES[args.recipe], first_stage=args.first_stage, device=args.device, workers=args.workers,
-                         time_budget=args.time_budget, held_out=args.held_out,
+    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, decay_fraction=args.decay_fraction, seed=args.seed,
+                         threads=args.threads, stages=RECIPES[args.recipe], first_stage=args.first_stage, device=args.device,
+                         workers=args.workers, time_budget=args.time_budget, held_out=args.held_out,
                          position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight)
     train(args.out_dir, config, args.start_from)
 
