@@ -59,7 +59,7 @@ def test_the_aux_loss_alone_trains_the_head_and_the_tower_and_falls(tiny_dir):
     with torch.no_grad():  # an evaluation forward between steps (teacher_forced_accuracy) is not the loss's input
         _forward(model, batch)
     assert aux._outputs == []
-    aux_losses = [_train_step(model, optimizer, batch, 1e-3, aux, 1.0)[1] for _ in range(6)]
+    aux_losses = [_train_step(model, optimizer, batch, 1e-3, {"vision_aux": (aux, 1.0)})[1]["vision_aux"] for _ in range(6)]
     assert not torch.equal(aux.head[1].weight, head) and not torch.equal(model.model.visual.patch_embed.proj.weight, tower)
     assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, decoder)
     assert aux_losses[-1] < 0.5 * aux_losses[0], aux_losses

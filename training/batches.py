@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qvl_compile.training.examples import ExampleEncoder, collate
+from qvl_compile.training.pointer import TARGET_KEY as POINTER_TARGET
+from qvl_compile.training.pointer import pointer_targets
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
 from qvl_compile.training.vision_aux import batch_targets
 
@@ -28,14 +30,17 @@ def _task_probabilities(stage: Stage) -> tuple[list[str], np.ndarray]:
 
 def make_batch(encoder: ExampleEncoder, stage: Stage, seed: int, step: int, size: int, ids: tuple[int, int]):
     """-> (the cases' tasks, the collated batch) for one step; ids: the image and video placeholder token ids.
-    The batch also holds the image tokens' position targets (training/vision_aux.py), used when that loss is on."""
+    The batch also holds the image tokens' position targets (training/vision_aux.py) and the pointer targets
+    (training/pointer.py), used when those losses are on."""
     rng = np.random.default_rng([seed, step])
     names, p = _task_probabilities(stage)
     tasks = rng.choice(names, size=size, p=p)
     cases = [make_training_case(str(t), rng, stage.sizes) for t in tasks]
     examples = [encoder.encode(case) for case in cases]
     targets = batch_targets(cases, examples, encoder.merge_size)
-    return [e.task for e in examples], {**collate(examples, encoder.pad_id, *ids), **targets}
+    batch = collate(examples, encoder.pad_id, *ids)
+    batch[POINTER_TARGET] = pointer_targets(cases, examples, batch["input_ids"], ids[0], encoder.merge_size)
+    return [e.task for e in examples], {**batch, **targets}
 
 
 def _start_worker(checkpoint: str) -> None:

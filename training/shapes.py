@@ -25,6 +25,8 @@ import torch
 from qvl_compile.tasks.shapes import SPEC_SIZES, ShapeSizes
 from qvl_compile.training.batches import BatchSource
 from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
+from qvl_compile.training.pointer import TARGET_KEY as POINTER_TARGET
+from qvl_compile.training.pointer import PointerLoss
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
 from qvl_compile.training.vision_aux import TARGET_KEYS, VisionAux
 
@@ -182,6 +184,10 @@ class TrainConfig:
     # > 0: add this multiple of the dense position loss on the vision tower's image tokens (training/vision_aux.py):
     # each token regresses its centre and the box it lies in, so that position reaches what the decoder reads
     vision_aux_weight: float = 0.0
+    # > 0: add this multiple of the pointer loss (training/pointer.py): one decoder head attends to the boxed shape
+    pointer_weight: float = 0.0
+    pointer_layer: int = 2
+    pointer_head: int = 0
 
 
 def _lr(config: TrainConfig, step: int) -> float:
@@ -209,7 +215,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def _forward(model, batch: dict) -> torch.Tensor:
-    kwargs = {k: v for k, v in batch.items() if k != "labels" and k not in TARGET_KEYS}
+    kwargs = {k: v for k, v in batch.items() if k != "labels" and k not in TARGET_KEYS and k != POINTER_TARGET}
     if "mm_token_type_ids" not in inspect.signature(model.forward).parameters:  # transformers 4.57
         kwargs.pop("mm_token_type_ids")
     return model(**kwargs, use_cache=False).logits
@@ -268,18 +274,19 @@ def _optimizer(model, config: TrainConfig, aux: VisionAux | None = None) -> torc
                              lr=config.lr, betas=(0.9, 0.98))
 
 
-def _train_step(model, optimizer, batch: dict, lr: float, aux: VisionAux | None = None,
-                aux_weight: float = 0.0) -> tuple[list[float], float]:
-    """One optimizer step on one batch; -> each example's loss, and the vision auxiliary loss (0 when off)."""
+def _train_step(model, optimizer, batch: dict, lr: float, extras: dict) -> tuple[list[float], dict[str, float]]:
+    """One optimizer step on one batch; `extras`: name -> (an auxiliary loss with `.loss(batch)`, its weight).
+    -> each example's loss, and each auxiliary loss's value."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     losses = per_example_loss(_forward(model, batch), batch["labels"])
-    extra = aux.loss(batch) if aux is not None else torch.zeros(())
+    values = {name: extra.loss(batch) for name, (extra, _) in extras.items()}
+    total = losses.mean() + sum(weight * values[name] for name, (_, weight) in extras.items())
     optimizer.zero_grad(set_to_none=True)
-    (losses.mean() + aux_weight * extra).backward()
+    total.backward()
     torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
     optimizer.step()
-    return losses.tolist(), float(extra.detach())
+    return losses.tolist(), {name: float(value.detach()) for name, value in values.items()}
 
 
 def _calibrated(config: TrainConfig, done: int, seconds: float) -> TrainConfig:
@@ -317,6 +324,9 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     if aux is not None and aux.load_if_saved(Path(start_from or out_dir)):
         log.info("vision aux head: continuing with the one saved in %s", start_from or out_dir)
     optimizer = _optimizer(model, config, aux)
+    extras = {"vision_aux": (aux, config.vision_aux_weight)} if aux is not None else {}
+    if config.pointer_weight > 0:
+        extras["pointer"] = (PointerLoss(model, config.pointer_layer, config.pointer_head), config.pointer_weight)
     held_out = _held_out_examples(config, encoder)
     batches = BatchSource(out_dir, encoder, config.seed, config.batch, ids, config.workers)
     _record_config(out_dir, config, start_from)
@@ -327,12 +337,9 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     while step < config.steps:
         stage = config.stages[stage_index]
         tasks, batch = batches.get(step, stage, config.steps)
-        losses, aux_loss = _train_step(model, optimizer, _on(batch, config.device), _lr(config, step), aux,
-                                       config.vision_aux_weight)
-        for task, loss in zip(tasks, losses):
+        losses, extra_losses = _train_step(model, optimizer, _on(batch, config.device), _lr(config, step), extras)
+        for task, loss in list(zip(tasks, losses)) + list(extra_losses.items()):
             window.setdefault(task, []).append(loss)
-        if aux is not None:
-            window.setdefault("vision_aux", []).append(aux_loss)
         step += 1
         if config.time_budget and step == config.calibration_steps:
             config = _calibrated(config, step, time.time() - started)
@@ -382,6 +389,10 @@ def main(argv=None) -> None:
     parser.add_argument("--held-out", type=int, default=TrainConfig.held_out, help="held-out cases per task")
     parser.add_argument("--vision-aux-weight", type=float, default=TrainConfig.vision_aux_weight,
                         help="weight of the dense position loss on the vision tower's image tokens (0: off)")
+    parser.add_argument("--pointer-weight", type=float, default=TrainConfig.pointer_weight,
+                        help="weight of the pointer loss: one decoder head attends to the boxed shape (0: off)")
+    parser.add_argument("--pointer-layer", type=int, default=TrainConfig.pointer_layer)
+    parser.add_argument("--pointer-head", type=int, default=TrainConfig.pointer_head)
     parser.add_argument("--position-lr-scale", type=float, default=TrainConfig.position_lr_scale,
                         help="the vision position embedding's learning rate as a multiple of --lr")
     args = parser.parse_args(argv)
@@ -394,7 +405,9 @@ def main(argv=None) -> None:
     config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, decay_fraction=args.decay_fraction, seed=args.seed,
                          threads=args.threads, stages=RECIPES[args.recipe], first_stage=args.first_stage, device=args.device,
                          workers=args.workers, time_budget=args.time_budget, held_out=args.held_out,
-                         position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight)
+                         position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight,
+                         pointer_weight=args.pointer_weight, pointer_layer=args.pointer_layer,
+                         pointer_head=args.pointer_head)
     train(args.out_dir, config, args.start_from)
 
 

@@ -20,21 +20,27 @@ TARGET_KEYS = ("vision_targets", "vision_inside")  # batch entries the model's f
 HEAD_FILE = "vision_aux_head.safetensors"  # beside a training run's model.safetensors; transformers ignores it
 
 
+def merged_token_centres(grid: tuple[int, int, int], merge: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> x, y centres (0..1 of the image) of one frame's merged image tokens, [rows * cols] each, in the tower's
+    output order (rows, then columns)."""
+    rows, cols = grid[1] // merge, grid[2] // merge
+    centre_y, centre_x = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
+    return centre_x.ravel(), centre_y.ravel()
+
+
 def dense_targets(image, grid: tuple[int, int, int], merge: int) -> tuple[np.ndarray, np.ndarray]:
     """-> [tokens, 6] (centre x, y, then the box it lies in, all 0..1 of the image), [tokens] 1.0 where inside a box.
     Tokens in the tower's output order: frames, then rows, then columns of merged patches."""
-    frames, rows, cols = grid[0], grid[1] // merge, grid[2] // merge
-    centre_y, centre_x = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
-    centre_x, centre_y = centre_x.ravel(), centre_y.ravel()  # [rows * cols]
-    target = np.zeros((rows * cols, 6), np.float32)
-    inside = np.zeros(rows * cols, np.float32)
+    centre_x, centre_y = merged_token_centres(grid, merge)
+    target = np.zeros((len(centre_x), 6), np.float32)
+    inside = np.zeros(len(centre_x), np.float32)
     target[:, 0], target[:, 1] = centre_x, centre_y
     width, height = image.size
     for x1, y1, x2, y2 in image.info.get(BOXES_KEY, ()):
         hit = (centre_x * width >= x1) & (centre_x * width <= x2) & (centre_y * height >= y1) & (centre_y * height <= y2)
         target[hit, 2:] = (x1 / width, y1 / height, x2 / width, y2 / height)
         inside[hit] = 1.0
-    return np.tile(target, (frames, 1)), np.tile(inside, frames)
+    return np.tile(target, (grid[0], 1)), np.tile(inside, grid[0])
 
 
 def batch_targets(cases, examples, merge: int) -> dict[str, torch.Tensor]:
