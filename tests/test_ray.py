@@ -63,11 +63,12 @@ def ray_env():
 
 
 def _stop_ray(head: subprocess.Popen) -> None:
-    """The head's whole process group (raylet, GCS, workers), politely and then not."""
+    """The head's whole process group (raylet, GCS, workers), politely and then not. `ray start --block` did not
+    exit within 30 s of SIGTERM in any test (30.0 s of teardown each in pytest's --durations), so it gets 5."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(30)
+        head.wait(5)
     except subprocess.TimeoutExpired:
         pass
     with contextlib.suppress(ProcessLookupError):
