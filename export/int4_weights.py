@@ -41,7 +41,7 @@ class Int4Plan:
     weightless graph before any weight is read; `write` then packs each weight as it streams past."""
 
     def __init__(self, proto: onnx.ModelProto, sources: dict[str, WeightSource], options: QuantOptions,
-                 lm_head: str, embedding: str, head_bits: int = 4, keep_float32: tuple[str, ...] = ()):
+                 lm_head: str, embedding: str, head_bits: int, keep_float32: tuple[str, ...] = ()):
         """`head_bits`: the lm_head's bits, resolved (QuantOptions.head_bits_for); `keep_float32`: name suffixes of
         MatMul weights left float32 (a family's `float32_weights`)."""
         self.options, self.sources, self.head_bits = options, sources, head_bits

@@ -39,19 +39,21 @@ def test_targets_are_the_boxed_shapes_image_tokens_in_the_sequence(tiny_dir):
     image_positions = torch.nonzero(batch["input_ids"][0] == image_id).flatten()
     assert set(torch.nonzero(target[0]).flatten().tolist()) <= set(image_positions.tolist())
     # the flagged tokens are the ones whose pixels hold the blue square (the runtime's own preprocessing)
-    rows, _ = preprocess_image(cases[0].images[0], ImageProcessorConfig.from_dir(tiny_dir))
+    processor = ImageProcessorConfig.from_dir(tiny_dir)
+    rows, _ = preprocess_image(cases[0].images[0], processor)
     pixels = rows.reshape(len(image_positions), -1, rows.shape[1])  # [tokens, 4 patches, patch values]
     blue = np.array([30, 70, 220]) / 255
     flagged = target[0, image_positions].numpy().astype(bool)
     assert flagged.sum() >= 2  # the tiny processor shrinks the image to 6 x 5 tokens: the square covers two centres
     for token in np.flatnonzero(flagged):
-        assert _holds(pixels[token], blue), token
+        assert _holds(pixels[token], blue, processor), token
     assert json.loads(cases[0].answer)[0]["label"] == "blue square"
 
 
-def _holds(token_rows: np.ndarray, colour: np.ndarray) -> bool:
+def _holds(token_rows: np.ndarray, colour: np.ndarray, processor: ImageProcessorConfig) -> bool:
     """Whether a merged token's patch rows contain the colour (rows are normalized as the processor does)."""
-    mean, std = 0.5, 0.5
+    mean = np.asarray(processor.image_mean)[None, :, None]
+    std = np.asarray(processor.image_std)[None, :, None]
     values = token_rows.reshape(-1, 3, token_rows.shape[-1] // 3) * std + mean  # [patches x frames, rgb, pixels]
     return bool((np.abs(values - colour[None, :, None]) < 0.05).all(axis=1).any())
 
@@ -69,3 +71,18 @@ def test_a_few_steps_move_the_heads_attention_onto_the_boxed_shape(tiny_dir):
     optimizer = _optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.0))
     losses = [_train_step(model, optimizer, batch, 1e-3, {"pointer": (pointer, 1.0)})[1]["pointer"] for _ in range(6)]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_a_layer_or_head_the_model_lacks_is_refused_in_one_line(tiny_dir, tmp_path, capsys):
+    import pytest
+
+    from qvl_compile.training.shapes import main
+
+    text = json.loads((tiny_dir / "config.json").read_text())["text_config"]
+    layers, heads = text["num_hidden_layers"], text["num_attention_heads"]
+    for flag, value, expected in (
+            ("--pointer-layer", str(layers), f"expected 0 to {layers - 1} (the model's decoder layers), got {layers}"),
+            ("--pointer-head", "-1", f"expected 0 to {heads - 1} (attention heads per layer), got -1")):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / flag), "--start-from", str(tiny_dir), "--pointer-weight", "1", flag, value, "--steps", "1"])
+        assert expected in capsys.readouterr().err

@@ -13,11 +13,13 @@ from qvl_compile.training.examples import ExampleEncoder, collate
 from qvl_compile.training.pointer import TARGET_KEY as POINTER_TARGET
 from qvl_compile.training.pointer import pointer_targets
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
+from qvl_compile.training.vision_aux import TARGET_KEYS as VISION_TARGETS
 from qvl_compile.training.vision_aux import batch_targets
 
 if TYPE_CHECKING:
     from qvl_compile.training.shapes import Stage
 
+TRAINING_ONLY_KEYS = (*VISION_TARGETS, POINTER_TARGET, "labels")  # batch entries the model's forward does not take
 _encoder: ExampleEncoder | None = None  # one per worker process
 
 

@@ -11,11 +11,10 @@ weights can be read.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
+from qvl_compile.runtime.grounding import parse_boxes
 from qvl_compile.training.examples import IGNORE
 from qvl_compile.training.vision_aux import merged_token_centres
 
@@ -24,11 +23,10 @@ TARGET_KEY = "pointer_target"  # batch entry: [B, S] 1.0 at the boxed shape's im
 
 def _boxed(answer: str) -> tuple[float, float, float, float] | None:
     """The box of a one-box grounding reply, 0..1 of the image; None for any other answer."""
-    try:
-        reply = json.loads(answer)
-        return tuple(v / 1000 for v in reply[0]["bbox_2d"])
-    except (ValueError, TypeError, KeyError, IndexError):
+    boxes = parse_boxes(answer)
+    if boxes is None or len(boxes) != 1:
         return None
+    return tuple(v / 1000 for v in boxes[0].bbox)
 
 
 def pointer_targets(cases, examples, input_ids: torch.Tensor, image_token_id: int, merge: int) -> torch.Tensor:
@@ -47,12 +45,21 @@ def pointer_targets(cases, examples, input_ids: torch.Tensor, image_token_id: in
     return target
 
 
+class PointerChoiceError(ValueError):
+    """--pointer-layer or --pointer-head names a layer or head the model does not have."""
+
+
 class PointerLoss:
     """Keeps one decoder layer's attention weights during the forward (eager attention), and scores one head."""
 
     def __init__(self, model, layer: int, head: int):
-        self.head = head
         text = model.model.language_model
+        layers, heads = len(text.layers), text.config.num_attention_heads
+        if not 0 <= layer < layers:
+            raise PointerChoiceError(f"--pointer-layer: expected 0 to {layers - 1} (the model's decoder layers), got {layer}")
+        if not 0 <= head < heads:
+            raise PointerChoiceError(f"--pointer-head: expected 0 to {heads - 1} (attention heads per layer), got {head}")
+        self.head = head
         text.config._attn_implementation = "eager"  # sdpa returns no weights; the masks follow the same setting
         self._weights: list[torch.Tensor] = []
         self.hook = text.layers[layer].self_attn.register_forward_hook(self._keep)

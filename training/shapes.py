@@ -23,12 +23,11 @@ import numpy as np
 import torch
 
 from qvl_compile.tasks.shapes import SPEC_SIZES, ShapeSizes
-from qvl_compile.training.batches import BatchSource
+from qvl_compile.training.batches import TRAINING_ONLY_KEYS, BatchSource
 from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
-from qvl_compile.training.pointer import TARGET_KEY as POINTER_TARGET
-from qvl_compile.training.pointer import PointerLoss
+from qvl_compile.training.pointer import PointerChoiceError, PointerLoss
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
-from qvl_compile.training.vision_aux import TARGET_KEYS, VisionAux
+from qvl_compile.training.vision_aux import VisionAux
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +214,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def _forward(model, batch: dict) -> torch.Tensor:
-    kwargs = {k: v for k, v in batch.items() if k != "labels" and k not in TARGET_KEYS and k != POINTER_TARGET}
+    kwargs = {k: v for k, v in batch.items() if k not in TRAINING_ONLY_KEYS}
     if "mm_token_type_ids" not in inspect.signature(model.forward).parameters:  # transformers 4.57
         kwargs.pop("mm_token_type_ids")
     return model(**kwargs, use_cache=False).logits
@@ -408,7 +407,10 @@ def main(argv=None) -> None:
                          position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight,
                          pointer_weight=args.pointer_weight, pointer_layer=args.pointer_layer,
                          pointer_head=args.pointer_head)
-    train(args.out_dir, config, args.start_from)
+    try:
+        train(args.out_dir, config, args.start_from)
+    except PointerChoiceError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":
