@@ -81,3 +81,52 @@ def test_a_saved_head_is_what_the_next_run_continues_with(tiny_dir, tmp_path):
     assert resumed.load_if_saved(tmp_path)
     for name, value in trained.head.state_dict().items():
         assert torch.equal(resumed.head.state_dict()[name], value), name
+
+
+def test_the_digit_targets_are_the_digits_of_the_grounding_reply():
+    """box_digits on the dense targets' box gives the hundreds and tens of the reply's own numbers."""
+    import json
+
+    from qvl_compile.tasks.shapes import grounding_reply
+    from qvl_compile.training.vision_aux import box_digits
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for _ in range(50):
+        width, height = (int(v) for v in rng.integers(96, 385, size=2))
+        side = int(rng.integers(20, min(width, height) // 2))
+        x1, y1 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+        shape = Shape("circle", "green", (x1, y1, x1 + side, y1 + side))
+        # one merged token per 8 x 8 pixels: grid (1, height // 4, width // 4) patches, merged 2 x 2
+        target, inside = dense_targets(draw((width, height), [shape]), (1, height // 4, width // 4), 2)
+        numbers = json.loads(grounding_reply(shape, width, height))[0]["bbox_2d"]
+        expected = [[min(n, 999) // 100, min(n, 999) // 10 % 10] for n in numbers]
+        for row in np.flatnonzero(inside):
+            assert box_digits(torch.from_numpy(target[row:row + 1, 2:]))[0].tolist() == expected
+            checked += 1
+    assert checked > 50
+
+
+def test_the_digit_head_trains_saves_and_resumes(tiny_dir, tmp_path):
+    from qvl_compile.families.qwen3_vl.loaders import load_full_model
+    from qvl_compile.training.batches import make_batch
+    from qvl_compile.training.vision_aux import DIGIT_HEAD_FILE
+
+    torch.manual_seed(0)
+    model = load_full_model(tiny_dir).train()
+    encoder = ExampleEncoder(tiny_dir)
+    _, batch = make_batch(encoder, Stage((("ground", 1.0),)), 4, 0, 4,
+                          (model.config.image_token_id, model.config.video_token_id))
+    batch["labels"][:] = -100
+    plain, digits = VisionAux(model), VisionAux(model, digit_weight=1.0)
+    assert plain.digits is None
+    optimizer = _optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.0), digits)
+    losses = [_train_step(model, optimizer, batch, 1e-3, {"vision_aux": (digits, 1.0)})[1]["vision_aux"] for _ in range(8)]
+    assert losses[0] > np.log(10)  # the digit loss starts near chance (ln 10 per digit) on top of the position loss
+    assert losses[-1] < 0.8 * losses[0], losses
+    digits.save(tmp_path)
+    assert (tmp_path / DIGIT_HEAD_FILE).is_file()
+    resumed = VisionAux(model, digit_weight=1.0)
+    assert resumed.load_if_saved(tmp_path)
+    assert torch.equal(resumed.digits.weight, digits.digits.weight)
+    assert plain.load_if_saved(tmp_path)  # a run without the digit head still continues with the position head

@@ -183,6 +183,9 @@ class TrainConfig:
     # > 0: add this multiple of the dense position loss on the vision tower's image tokens (training/vision_aux.py):
     # each token regresses its centre and the box it lies in, so that position reaches what the decoder reads
     vision_aux_weight: float = 0.0
+    # > 0 (with vision_aux_weight): the same tokens also classify their box's hundreds and tens digits, this weighted
+    # (a digit the decoder can copy from the tokens it attends to, instead of cutting a position into digits itself)
+    vision_digit_weight: float = 0.0
     # > 0: add this multiple of the pointer loss (training/pointer.py): one decoder head attends to the boxed shape
     pointer_weight: float = 0.0
     pointer_layer: int = 2
@@ -319,7 +322,7 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     model = load_full_model(Path(start_from or out_dir)).to(config.device).train()
     encoder = ExampleEncoder(out_dir)
     ids = (model.config.image_token_id, model.config.video_token_id)
-    aux = VisionAux(model) if config.vision_aux_weight > 0 else None
+    aux = VisionAux(model, config.vision_digit_weight) if config.vision_aux_weight > 0 else None
     if aux is not None and aux.load_if_saved(Path(start_from or out_dir)):
         log.info("vision aux head: continuing with the one saved in %s", start_from or out_dir)
     optimizer = _optimizer(model, config, aux)
@@ -388,6 +391,8 @@ def main(argv=None) -> None:
     parser.add_argument("--held-out", type=int, default=TrainConfig.held_out, help="held-out cases per task")
     parser.add_argument("--vision-aux-weight", type=float, default=TrainConfig.vision_aux_weight,
                         help="weight of the dense position loss on the vision tower's image tokens (0: off)")
+    parser.add_argument("--vision-digit-weight", type=float, default=TrainConfig.vision_digit_weight,
+                        help="weight of a digit head on the same tokens: their box's hundreds and tens (0: off)")
     parser.add_argument("--pointer-weight", type=float, default=TrainConfig.pointer_weight,
                         help="weight of the pointer loss: one decoder head attends to the boxed shape (0: off)")
     parser.add_argument("--pointer-layer", type=int, default=TrainConfig.pointer_layer)
@@ -395,6 +400,9 @@ def main(argv=None) -> None:
     parser.add_argument("--position-lr-scale", type=float, default=TrainConfig.position_lr_scale,
                         help="the vision position embedding's learning rate as a multiple of --lr")
     args = parser.parse_args(argv)
+    if args.vision_digit_weight > 0 and args.vision_aux_weight <= 0:
+        parser.error(f"--vision-digit-weight {args.vision_digit_weight}: expected --vision-aux-weight > 0 too, "
+                     f"got {args.vision_aux_weight}")
     if not 0 < args.decay_fraction <= 1:
         parser.error(f"--decay-fraction: expected a number in (0, 1], got {args.decay_fraction}")
     if not 0 <= args.first_stage < len(RECIPES[args.recipe]):
@@ -405,6 +413,7 @@ def main(argv=None) -> None:
                          threads=args.threads, stages=RECIPES[args.recipe], first_stage=args.first_stage, device=args.device,
                          workers=args.workers, time_budget=args.time_budget, held_out=args.held_out,
                          position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight,
+                         vision_digit_weight=args.vision_digit_weight,
                          pointer_weight=args.pointer_weight, pointer_layer=args.pointer_layer,
                          pointer_head=args.pointer_head)
     try:

@@ -18,6 +18,15 @@ from qvl_compile.tasks.shapes import BOXES_KEY
 
 TARGET_KEYS = ("vision_targets", "vision_inside")  # batch entries the model's forward does not take
 HEAD_FILE = "vision_aux_head.safetensors"  # beside a training run's model.safetensors; transformers ignores it
+DIGIT_HEAD_FILE = "vision_digit_head.safetensors"  # the digit head's, where --vision-digit-weight is on
+DIGITS = 2  # the digit head classifies each number's hundreds and tens
+
+
+def box_digits(box: torch.Tensor) -> torch.Tensor:
+    """[N, 4] box 0..1 of the image -> [N, 4, DIGITS] int64: the hundreds and tens of round(1000 * v), as a grounding
+    reply writes them (1000, the far edge, counts as 999)."""
+    number = torch.round(box * 1000).clamp(0, 999).long()
+    return torch.stack([number // 100, number // 10 % 10], dim=-1)
 
 
 def merged_token_centres(grid: tuple[int, int, int], merge: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +68,15 @@ class VisionAux(torch.nn.Module):
     so an unnormalized head starts at a loss in the hundreds and its first gradients disturb the solved tasks);
     `loss(batch)` after the model's forward on that batch."""
 
-    def __init__(self, model):
+    def __init__(self, model, digit_weight: float = 0.0):
+        """`digit_weight` > 0: a second linear head also classifies, for every token inside a shape, the hundreds and
+        tens digits of its box's four numbers as the reply writes them (round(1000 * v)), weighted by this."""
         super().__init__()
         hidden = model.config.vision_config.out_hidden_size
         self.head = torch.nn.Sequential(torch.nn.LayerNorm(hidden, elementwise_affine=False),
                                         torch.nn.Linear(hidden, 6)).to(model.device)
+        self.digit_weight = digit_weight
+        self.digits = torch.nn.Linear(hidden, 4 * DIGITS * 10).to(model.device) if digit_weight > 0 else None
         self._outputs: list[torch.Tensor] = []
         self.hook = model.model.visual.register_forward_hook(self._keep)
 
@@ -73,22 +86,28 @@ class VisionAux(torch.nn.Module):
         # transformers 5.x returns BaseModelOutputWithDeepstackFeatures (merged tokens in pooler_output), 4.57 a tuple
         self._outputs.append(output.pooler_output if hasattr(output, "pooler_output") else output[0])
 
+    def _heads(self) -> dict[str, torch.nn.Module]:
+        return {HEAD_FILE: self.head, **({DIGIT_HEAD_FILE: self.digits} if self.digits is not None else {})}
+
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.head.state_dict().items()}
-        save_file(tensors, str(folder / (HEAD_FILE + ".tmp")))
-        (folder / (HEAD_FILE + ".tmp")).replace(folder / HEAD_FILE)
+        for name, head in self._heads().items():
+            tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in head.state_dict().items()}
+            save_file(tensors, str(folder / (name + ".tmp")))
+            (folder / (name + ".tmp")).replace(folder / name)
 
     def load_if_saved(self, folder: Path) -> bool:
-        """Continue with the head a run saved in `folder` (a fresh head shakes the solved tasks for ~100 steps:
-        docs/training.md); -> whether there was one."""
+        """Continue with the heads a run saved in `folder` (a fresh head shakes the solved tasks for ~100 steps:
+        docs/training.md); -> whether there was a position head (a digit head is loaded too where one was saved)."""
         from safetensors.torch import load_file
 
         if not (folder / HEAD_FILE).is_file():
             return False
         device = self.head[1].weight.device
-        self.head.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / HEAD_FILE)).items()})
+        for name, head in self._heads().items():
+            if (folder / name).is_file():
+                head.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / name)).items()})
         return True
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -100,7 +119,18 @@ class VisionAux(torch.nn.Module):
         if tokens is None:
             raise RuntimeError(f"vision aux loss: expected the tower's output for {target.shape[0]} image tokens, "
                                f"got outputs of {[o.shape[0] for o in outputs]} rows")
-        predicted = self.head(tokens)
+        normalized = self.head[0](tokens)
+        predicted = self.head[1](normalized)
         centre = ((predicted[:, :2] - target[:, :2]) ** 2).mean()
         box = (((predicted[:, 2:] - target[:, 2:]) ** 2).mean(1) * inside).sum() / inside.sum().clamp(min=1)
-        return centre + box
+        if self.digits is None:
+            return centre + box
+        return centre + box + self.digit_weight * self._digit_loss(normalized, target[:, 2:], inside)
+
+    def _digit_loss(self, normalized: torch.Tensor, box: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the digit head over the tokens inside a shape; 0 when none is."""
+        rows = inside > 0
+        if not rows.any():
+            return torch.zeros((), device=normalized.device)
+        logits = self.digits(normalized[rows]).reshape(-1, 4, DIGITS, 10)  # [inside tokens, x1 y1 x2 y2, digit, 0-9]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 10), box_digits(box[rows]).reshape(-1))
