@@ -22,8 +22,9 @@ from qvl_compile.families.qwen3_vl.loaders import load_full_model
 from qvl_compile.runtime.evaluate import read_cases
 from qvl_compile.runtime.grounding import parse_boxes
 from qvl_compile.tasks.shapes import Case
-from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
-from qvl_compile.training.pointer import pointer_targets
+from qvl_compile.training.examples import ExampleEncoder, collate
+from qvl_compile.training.pointer import pointer_targets, predicting_reply
+from qvl_compile.training.shapes import model_inputs
 
 
 def _masses(model, encoder, case: Case, reply: str, layer: int, head: int) -> tuple[float, float]:
@@ -35,13 +36,10 @@ def _masses(model, encoder, case: Case, reply: str, layer: int, head: int) -> tu
     batch = collate([example], encoder.pad_id, *ids)
     true_target = pointer_targets([case], [example], batch["input_ids"], ids[0], encoder.merge_size)[0]
     reply_target = pointer_targets([replied], [example], batch["input_ids"], ids[0], encoder.merge_size)[0]
-    kwargs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        attentions = model(**kwargs, use_cache=False, output_attentions=True).attentions
+        attentions = model(**model_inputs(model, batch), use_cache=False, output_attentions=True).attentions
     attention = attentions[layer][0, head]  # [S, S]: query position, key position
-    predicting = torch.zeros(attention.shape[0], dtype=torch.bool)
-    predicting[:-1] = batch["labels"][0, 1:] != IGNORE
-    rows = attention[predicting]  # [reply tokens, S]
+    rows = attention[predicting_reply(batch["labels"])[0]]  # [reply tokens, S]
     return float((rows @ true_target).mean()), float((rows @ reply_target).mean())
 
 

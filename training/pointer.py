@@ -45,6 +45,13 @@ def pointer_targets(cases, examples, input_ids: torch.Tensor, image_token_id: in
     return target
 
 
+def predicting_reply(labels: torch.Tensor) -> torch.Tensor:
+    """[B, S] labels -> [B, S] bool: the positions whose next token is a reply token (labelled, not IGNORE)."""
+    predicting = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    predicting[:, :-1] = labels[:, 1:] != IGNORE
+    return predicting
+
+
 class PointerChoiceError(ValueError):
     """--pointer-layer or --pointer-head names a layer or head the model does not have."""
 
@@ -77,7 +84,5 @@ class PointerLoss:
             return torch.zeros(())
         attention = weights[-1][:, self.head]  # [B, S, S]: query position, key position
         mass = (attention * target[:, None, :]).sum(-1)  # [B, S]
-        predicting = torch.zeros_like(mass, dtype=torch.bool)
-        predicting[:, :-1] = batch["labels"][:, 1:] != IGNORE  # positions whose next token is a reply token
-        predicting &= target.sum(1, keepdim=True) > 0
+        predicting = predicting_reply(batch["labels"]) & (target.sum(1, keepdim=True) > 0)
         return -torch.log(mass[predicting].clamp(min=1e-6)).mean()

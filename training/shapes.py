@@ -216,11 +216,16 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return (token * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def _forward(model, batch: dict) -> torch.Tensor:
+def model_inputs(model, batch: dict) -> dict:
+    """The batch entries the model's forward takes (not labels or training targets; mm_token_type_ids on 5.x only)."""
     kwargs = {k: v for k, v in batch.items() if k not in TRAINING_ONLY_KEYS}
     if "mm_token_type_ids" not in inspect.signature(model.forward).parameters:  # transformers 4.57
         kwargs.pop("mm_token_type_ids")
-    return model(**kwargs, use_cache=False).logits
+    return kwargs
+
+
+def _forward(model, batch: dict) -> torch.Tensor:
+    return model(**model_inputs(model, batch), use_cache=False).logits
 
 
 @torch.no_grad()
