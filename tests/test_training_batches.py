@@ -76,6 +76,9 @@ def test_a_run_begins_at_its_first_stage_and_refuses_one_its_recipe_lacks(tiny_d
     with pytest.raises(SystemExit):
         main([str(tmp_path / "other"), "--decay-fraction", "0"])
     assert "--decay-fraction: expected a number in (0, 1], got 0.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "other"), "--vision-digit-weight", "0.1"])  # the digit head reads the position head's tokens
+    assert "--vision-digit-weight 0.1: expected --vision-aux-weight > 0 too, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 
 

@@ -121,9 +121,14 @@ def test_the_digit_head_trains_saves_and_resumes(tiny_dir, tmp_path):
     plain, digits = VisionAux(model), VisionAux(model, digit_weight=1.0)
     assert plain.digits is None
     optimizer = _optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.0), digits)
-    losses = [_train_step(model, optimizer, batch, 1e-3, {"vision_aux": (digits, 1.0)})[1]["vision_aux"] for _ in range(8)]
+    logged = [_train_step(model, optimizer, batch, 1e-3, {"vision_aux": (digits, 1.0)})[1] for _ in range(8)]
+    losses = [record["vision_aux"] for record in logged]
     assert losses[0] > np.log(10)  # the digit loss starts near chance (ln 10 per digit) on top of the position loss
     assert losses[-1] < 0.8 * losses[0], losses
+    for record in logged:  # the log shows the two parts apart; the weighted sum is what was minimised
+        assert abs(record["vision_position"] + 1.0 * record["vision_digits"] - record["vision_aux"]) < 1e-4, record
+    first, last = logged[0]["vision_digits"], logged[-1]["vision_digits"]
+    assert 0.8 * np.log(10) < first < 1.5 * np.log(10) and last < first, (first, last)
     digits.save(tmp_path)
     assert (tmp_path / DIGIT_HEAD_FILE).is_file()
     resumed = VisionAux(model, digit_weight=1.0)

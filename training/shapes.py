@@ -283,7 +283,7 @@ def _optimizer(model, config: TrainConfig, aux: VisionAux | None = None) -> torc
 
 def _train_step(model, optimizer, batch: dict, lr: float, extras: dict) -> tuple[list[float], dict[str, float]]:
     """One optimizer step on one batch; `extras`: name -> (an auxiliary loss with `.loss(batch)`, its weight).
-    -> each example's loss, and each auxiliary loss's value."""
+    -> each example's loss, and each auxiliary loss's value (with its `parts`, where it keeps them)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     losses = per_example_loss(_forward(model, batch), batch["labels"])
@@ -293,7 +293,10 @@ def _train_step(model, optimizer, batch: dict, lr: float, extras: dict) -> tuple
     total.backward()
     torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
     optimizer.step()
-    return losses.tolist(), {name: float(value.detach()) for name, value in values.items()}
+    logged = {name: float(value.detach()) for name, value in values.items()}
+    for extra, _ in extras.values():
+        logged.update(getattr(extra, "parts", {}))
+    return losses.tolist(), logged
 
 
 def _calibrated(config: TrainConfig, done: int, seconds: float) -> TrainConfig:

@@ -6,6 +6,12 @@ probe reads a token's normalized x with R^2 0.03, y with 0.22), so no amount of 
 is nothing to read. This head asks every merged image token to regress its own normalized centre (x, y), and every
 token whose centre lies inside a shape's box to regress that box (x1, y1, x2, y2, normalized), so position reaches
 the tokens the decoder reads. Boxes come from `tasks.shapes.draw` (image.info[BOXES_KEY]).
+
+With a digit weight (--vision-digit-weight), a second linear head on the same normalized tokens classifies, for each
+token inside a shape, the hundreds and tens of its box's four numbers as a grounding reply writes them (`box_digits`),
+so the decoder can copy a digit from the tokens it attends to. Both heads are saved beside the checkpoint; the
+training log shows the position loss (`vision_position`) and the digits' cross-entropy (`vision_digits`) apart, their
+weighted sum as `vision_aux`.
 """
 from __future__ import annotations
 
@@ -78,6 +84,7 @@ class VisionAux(torch.nn.Module):
         self.digit_weight = digit_weight
         self.digits = torch.nn.Linear(hidden, 4 * DIGITS * 10).to(model.device) if digit_weight > 0 else None
         self._outputs: list[torch.Tensor] = []
+        self.parts: dict[str, float] = {}  # the last loss's parts, unweighted, for the training log
         self.hook = model.model.visual.register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output) -> None:
@@ -123,9 +130,12 @@ class VisionAux(torch.nn.Module):
         predicted = self.head[1](normalized)
         centre = ((predicted[:, :2] - target[:, :2]) ** 2).mean()
         box = (((predicted[:, 2:] - target[:, 2:]) ** 2).mean(1) * inside).sum() / inside.sum().clamp(min=1)
+        self.parts = {"vision_position": float(centre + box)}
         if self.digits is None:
             return centre + box
-        return centre + box + self.digit_weight * self._digit_loss(normalized, target[:, 2:], inside)
+        digits = self._digit_loss(normalized, target[:, 2:], inside)
+        self.parts["vision_digits"] = float(digits)
+        return centre + box + self.digit_weight * digits
 
     def _digit_loss(self, normalized: torch.Tensor, box: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the digit head over the tokens inside a shape; 0 when none is."""
