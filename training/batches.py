@@ -11,7 +11,8 @@ import numpy as np
 
 from qvl_compile.training.examples import ExampleEncoder, collate
 from qvl_compile.training.pointer import TARGET_KEY as POINTER_TARGET
-from qvl_compile.training.pointer import pointer_targets
+from qvl_compile.training.pointer import pointer_boxes, pointer_targets
+from qvl_compile.training.pointer_readout import BOX_KEY as POINTER_BOX
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
 from qvl_compile.training.vision_aux import TARGET_KEYS as VISION_TARGETS
 from qvl_compile.training.vision_aux import batch_targets
@@ -19,7 +20,7 @@ from qvl_compile.training.vision_aux import batch_targets
 if TYPE_CHECKING:
     from qvl_compile.training.shapes import Stage
 
-TRAINING_ONLY_KEYS = (*VISION_TARGETS, POINTER_TARGET, "labels")  # batch entries the model's forward does not take
+TRAINING_ONLY_KEYS = (*VISION_TARGETS, POINTER_TARGET, POINTER_BOX, "labels")  # batch entries the model's forward does not take
 _encoder: ExampleEncoder | None = None  # one per worker process
 
 
@@ -32,8 +33,8 @@ def _task_probabilities(stage: Stage) -> tuple[list[str], np.ndarray]:
 
 def make_batch(encoder: ExampleEncoder, stage: Stage, seed: int, step: int, size: int, ids: tuple[int, int]):
     """-> (the cases' tasks, the collated batch) for one step; ids: the image and video placeholder token ids.
-    The batch also holds the image tokens' position targets (training/vision_aux.py) and the pointer targets
-    (training/pointer.py), used when those losses are on."""
+    The batch also holds the image tokens' position targets (training/vision_aux.py), the pointer targets
+    (training/pointer.py) and the boxed shapes' boxes (training/pointer_readout.py), used when those losses are on."""
     rng = np.random.default_rng([seed, step])
     names, p = _task_probabilities(stage)
     tasks = rng.choice(names, size=size, p=p)
@@ -42,6 +43,7 @@ def make_batch(encoder: ExampleEncoder, stage: Stage, seed: int, step: int, size
     targets = batch_targets(cases, examples, encoder.merge_size)
     batch = collate(examples, encoder.pad_id, *ids)
     batch[POINTER_TARGET] = pointer_targets(cases, examples, batch["input_ids"], ids[0], encoder.merge_size)
+    batch[POINTER_BOX] = pointer_boxes(cases)
     return [e.task for e in examples], {**batch, **targets}
 
 

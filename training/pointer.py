@@ -45,6 +45,17 @@ def pointer_targets(cases, examples, input_ids: torch.Tensor, image_token_id: in
     return target
 
 
+def pointer_boxes(cases) -> torch.Tensor:
+    """[B, 4] float: the box (0..1 of the image) of one-image cases whose answer is a box, as pointer_targets reads
+    it; zeros for the others."""
+    boxes = torch.zeros((len(cases), 4), dtype=torch.float32)
+    for row, case in enumerate(cases):
+        box = _boxed(case.answer) if len(case.images) == 1 and not case.video else None
+        if box is not None:
+            boxes[row] = torch.tensor(box)
+    return boxes
+
+
 def predicting_reply(labels: torch.Tensor) -> torch.Tensor:
     """[B, S] labels -> [B, S] bool: the positions whose next token is a reply token (labelled, not IGNORE)."""
     predicting = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)

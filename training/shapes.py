@@ -26,6 +26,7 @@ from qvl_compile.tasks.shapes import SPEC_SIZES, ShapeSizes
 from qvl_compile.training.batches import TRAINING_ONLY_KEYS, BatchSource
 from qvl_compile.training.examples import IGNORE, ExampleEncoder, collate
 from qvl_compile.training.pointer import PointerChoiceError, PointerLoss
+from qvl_compile.training.pointer_readout import PointerReadout
 from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
 from qvl_compile.training.vision_aux import VisionAux
 
@@ -190,6 +191,9 @@ class TrainConfig:
     pointer_weight: float = 0.0
     pointer_layer: int = 2
     pointer_head: int = 0
+    # > 0 (with pointer_weight): a linear head on the pointer head's output classifies the boxed shape's hundreds and
+    # tens digits at the reply positions, this weighted (training/pointer_readout.py): the head carries the box out
+    pointer_digit_weight: float = 0.0
 
 
 def _lr(config: TrainConfig, step: int) -> float:
@@ -249,7 +253,8 @@ def _on(batch: dict, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()} if device != "cpu" else batch
 
 
-def _save(model, out_dir: Path, step: int, config: TrainConfig, aux: VisionAux | None = None) -> None:
+def _save(model, out_dir: Path, step: int, config: TrainConfig, *heads: torch.nn.Module) -> None:
+    """The model, then each training-only head (`.save(folder)`) beside it, then the step reached."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
@@ -257,8 +262,8 @@ def _save(model, out_dir: Path, step: int, config: TrainConfig, aux: VisionAux |
     tmp = out_dir / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step), "seed": str(config.seed)})
     tmp.replace(out_dir / "model.safetensors")
-    if aux is not None:
-        aux.save(out_dir)
+    for head in heads:
+        head.save(out_dir)
     torch.save({"step": step}, out_dir / "train_state.pt")
 
 
@@ -270,8 +275,9 @@ def _record_config(out_dir: Path, config: TrainConfig, start_from) -> None:
 POSITION_EMBEDDING = "visual.pos_embed.weight"
 
 
-def _optimizer(model, config: TrainConfig, aux: VisionAux | None = None) -> torch.optim.Optimizer:
-    named = list(model.named_parameters()) + (list(aux.named_parameters()) if aux is not None else [])
+def _optimizer(model, config: TrainConfig, *heads: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the model and the training-only heads (None: absent)."""
+    named = list(model.named_parameters()) + [item for head in heads if head is not None for item in head.named_parameters()]
     position = [p for n, p in named if n.endswith(POSITION_EMBEDDING)]
     decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(POSITION_EMBEDDING)]
     no_decay = [p for n, p in named if p.ndim < 2]
@@ -317,6 +323,26 @@ def _held_out_examples(config: TrainConfig, encoder: ExampleEncoder) -> dict[str
     return {task: [encoder.encode(case) for case in cases[task]] for task in TRAINING_TASKS if task in used}
 
 
+def _auxiliary_losses(model, config: TrainConfig, start: Path) -> tuple[dict, list[torch.nn.Module]]:
+    """-> the auxiliary losses the config turns on (name -> (loss, weight)), and their trainable heads, each
+    continuing with the one saved in `start` where there is one."""
+    extras, heads = {}, []
+    if config.vision_aux_weight > 0:
+        aux = VisionAux(model, config.vision_digit_weight)
+        extras["vision_aux"] = (aux, config.vision_aux_weight)
+        heads.append(aux)
+    if config.pointer_weight > 0:
+        extras["pointer"] = (PointerLoss(model, config.pointer_layer, config.pointer_head), config.pointer_weight)
+    if config.pointer_digit_weight > 0:
+        readout = PointerReadout(model, config.pointer_layer, config.pointer_head)
+        extras["pointer_readout"] = (readout, config.pointer_digit_weight)
+        heads.append(readout)
+    for head in heads:
+        if head.load_if_saved(start):
+            log.info("%s: continuing with the head saved in %s", type(head).__name__, start)
+    return extras, heads
+
+
 def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | None = None) -> Path:
     """Write the untrained checkpoint to out_dir, then train it in place; returns out_dir."""
     from qvl_compile.families.qwen3_vl.fixtures import write_tiny_untrained
@@ -330,13 +356,8 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
     model = load_full_model(Path(start_from or out_dir)).to(config.device).train()
     encoder = ExampleEncoder(out_dir)
     ids = (model.config.image_token_id, model.config.video_token_id)
-    aux = VisionAux(model, config.vision_digit_weight) if config.vision_aux_weight > 0 else None
-    if aux is not None and aux.load_if_saved(Path(start_from or out_dir)):
-        log.info("vision aux head: continuing with the one saved in %s", start_from or out_dir)
-    optimizer = _optimizer(model, config, aux)
-    extras = {"vision_aux": (aux, config.vision_aux_weight)} if aux is not None else {}
-    if config.pointer_weight > 0:
-        extras["pointer"] = (PointerLoss(model, config.pointer_layer, config.pointer_head), config.pointer_weight)
+    extras, heads = _auxiliary_losses(model, config, Path(start_from or out_dir))
+    optimizer = _optimizer(model, config, *heads)
     held_out = _held_out_examples(config, encoder)
     batches = BatchSource(out_dir, encoder, config.seed, config.batch, ids, config.workers)
     _record_config(out_dir, config, start_from)
@@ -369,7 +390,7 @@ def train(out_dir: str | Path, config: TrainConfig, start_from: str | Path | Non
             log_file.flush()
             log.info("%s", json.dumps(record))
         if step % config.save_every == 0 or step == config.steps:
-            _save(model, out_dir, step, config, aux)
+            _save(model, out_dir, step, config, *heads)
     batches.close()
     log_file.close()
     return out_dir
@@ -405,12 +426,18 @@ def main(argv=None) -> None:
                         help="weight of the pointer loss: one decoder head attends to the boxed shape (0: off)")
     parser.add_argument("--pointer-layer", type=int, default=TrainConfig.pointer_layer)
     parser.add_argument("--pointer-head", type=int, default=TrainConfig.pointer_head)
+    parser.add_argument("--pointer-digit-weight", type=float, default=TrainConfig.pointer_digit_weight,
+                        help="weight of a digit head on the pointer head's output: the boxed shape's hundreds and tens "
+                             "(0: off)")
     parser.add_argument("--position-lr-scale", type=float, default=TrainConfig.position_lr_scale,
                         help="the vision position embedding's learning rate as a multiple of --lr")
     args = parser.parse_args(argv)
     if args.vision_digit_weight > 0 and args.vision_aux_weight <= 0:
         parser.error(f"--vision-digit-weight {args.vision_digit_weight}: expected --vision-aux-weight > 0 too, "
                      f"got {args.vision_aux_weight}")
+    if args.pointer_digit_weight > 0 and args.pointer_weight <= 0:
+        parser.error(f"--pointer-digit-weight {args.pointer_digit_weight}: expected --pointer-weight > 0 too, "
+                     f"got {args.pointer_weight}")
     if not 0 < args.decay_fraction <= 1:
         parser.error(f"--decay-fraction: expected a number in (0, 1], got {args.decay_fraction}")
     if not 0 <= args.first_stage < len(RECIPES[args.recipe]):
@@ -423,7 +450,7 @@ def main(argv=None) -> None:
                          position_lr_scale=args.position_lr_scale, vision_aux_weight=args.vision_aux_weight,
                          vision_digit_weight=args.vision_digit_weight,
                          pointer_weight=args.pointer_weight, pointer_layer=args.pointer_layer,
-                         pointer_head=args.pointer_head)
+                         pointer_head=args.pointer_head, pointer_digit_weight=args.pointer_digit_weight)
     try:
         train(args.out_dir, config, args.start_from)
     except PointerChoiceError as error:
