@@ -21,9 +21,11 @@ from qvl_compile.training.vision_aux import merged_token_centres
 TARGET_KEY = "pointer_target"  # batch entry: [B, S] 1.0 at the boxed shape's image tokens (rows without one: zeros)
 
 
-def _boxed(answer: str) -> tuple[float, float, float, float] | None:
-    """The box of a one-box grounding reply, 0..1 of the image; None for any other answer."""
-    boxes = parse_boxes(answer)
+def _boxed(case) -> tuple[float, float, float, float] | None:
+    """The box of a one-image case whose answer is a one-box grounding reply, 0..1 of the image; None otherwise."""
+    if len(case.images) != 1 or case.video:
+        return None
+    boxes = parse_boxes(case.answer)
     if boxes is None or len(boxes) != 1:
         return None
     return tuple(v / 1000 for v in boxes[0].bbox)
@@ -33,7 +35,7 @@ def pointer_targets(cases, examples, input_ids: torch.Tensor, image_token_id: in
     """[B, S] float: for one-image cases whose answer is a box, 1.0 at the image tokens whose centre lies in it."""
     target = torch.zeros(input_ids.shape, dtype=torch.float32)
     for row, (case, example) in enumerate(zip(cases, examples)):
-        box = _boxed(case.answer) if len(case.images) == 1 and not case.video else None
+        box = _boxed(case)
         if box is None:
             continue
         x, y = merged_token_centres(example.image_grids[0], merge)
@@ -50,7 +52,7 @@ def pointer_boxes(cases) -> torch.Tensor:
     it; zeros for the others."""
     boxes = torch.zeros((len(cases), 4), dtype=torch.float32)
     for row, case in enumerate(cases):
-        box = _boxed(case.answer) if len(case.images) == 1 and not case.video else None
+        box = _boxed(case)
         if box is not None:
             boxes[row] = torch.tensor(box)
     return boxes

@@ -17,7 +17,7 @@ import torch
 
 from qvl_compile.training.pointer import TARGET_KEY as POINTER_TARGET
 from qvl_compile.training.pointer import predicting_reply
-from qvl_compile.training.vision_aux import DIGITS, box_digits
+from qvl_compile.training.vision_aux import DIGITS, box_digits, load_head, save_head
 
 BOX_KEY = "pointer_box"  # batch entry: [B, 4] the boxed shape's box, 0..1 of the image (zeros where no box)
 HEAD_FILE = "pointer_readout_head.safetensors"  # beside a training run's model.safetensors; transformers ignores it
@@ -60,18 +60,8 @@ class PointerReadout(torch.nn.Module):
         return loss
 
     def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.classify.state_dict().items()}
-        save_file(tensors, str(folder / (HEAD_FILE + ".tmp")))
-        (folder / (HEAD_FILE + ".tmp")).replace(folder / HEAD_FILE)
+        save_head(self.classify, folder / HEAD_FILE)
 
     def load_if_saved(self, folder: Path) -> bool:
         """Continue with the head a run saved in `folder`; -> whether there was one."""
-        from safetensors.torch import load_file
-
-        if not (folder / HEAD_FILE).is_file():
-            return False
-        device = self.classify[1].weight.device
-        self.classify.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / HEAD_FILE)).items()})
-        return True
+        return load_head(self.classify, folder / HEAD_FILE)

@@ -276,8 +276,8 @@ POSITION_EMBEDDING = "visual.pos_embed.weight"
 
 
 def _optimizer(model, config: TrainConfig, *heads: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the model and the training-only heads (None: absent)."""
-    named = list(model.named_parameters()) + [item for head in heads if head is not None for item in head.named_parameters()]
+    """AdamW over the model and the training-only heads."""
+    named = list(model.named_parameters()) + [item for head in heads for item in head.named_parameters()]
     position = [p for n, p in named if n.endswith(POSITION_EMBEDDING)]
     decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(POSITION_EMBEDDING)]
     no_decay = [p for n, p in named if p.ndim < 2]

@@ -28,6 +28,26 @@ DIGIT_HEAD_FILE = "vision_digit_head.safetensors"  # the digit head's, where --v
 DIGITS = 2  # the digit head classifies each number's hundreds and tens
 
 
+def save_head(head: torch.nn.Module, path: Path) -> None:
+    """A training-only head's weights to `path` (safetensors), whole or not at all (written aside, then renamed)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in head.state_dict().items()}
+    save_file(tensors, str(path.with_name(path.name + ".tmp")))
+    path.with_name(path.name + ".tmp").replace(path)
+
+
+def load_head(head: torch.nn.Module, path: Path) -> bool:
+    """Load `path` into the head, on the head's device, where the file exists; -> whether it did."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return False
+    device = next(head.parameters()).device
+    head.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})
+    return True
+
+
 def box_digits(box: torch.Tensor) -> torch.Tensor:
     """[N, 4] box 0..1 of the image -> [N, 4, DIGITS] int64: the hundreds and tens of round(1000 * v), as a grounding
     reply writes them (1000, the far edge, counts as 999)."""
@@ -97,24 +117,16 @@ class VisionAux(torch.nn.Module):
         return {HEAD_FILE: self.head, **({DIGIT_HEAD_FILE: self.digits} if self.digits is not None else {})}
 
     def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
         for name, head in self._heads().items():
-            tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in head.state_dict().items()}
-            save_file(tensors, str(folder / (name + ".tmp")))
-            (folder / (name + ".tmp")).replace(folder / name)
+            save_head(head, folder / name)
 
     def load_if_saved(self, folder: Path) -> bool:
         """Continue with the heads a run saved in `folder` (a fresh head shakes the solved tasks for ~100 steps:
         docs/training.md); -> whether there was a position head (a digit head is loaded too where one was saved)."""
-        from safetensors.torch import load_file
-
         if not (folder / HEAD_FILE).is_file():
             return False
-        device = self.head[1].weight.device
         for name, head in self._heads().items():
-            if (folder / name).is_file():
-                head.load_state_dict({k: v.to(device) for k, v in load_file(str(folder / name)).items()})
+            load_head(head, folder / name)
         return True
 
     def loss(self, batch: dict) -> torch.Tensor:
