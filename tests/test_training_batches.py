@@ -90,3 +90,18 @@ def test_a_decay_fraction_of_one_decays_from_the_end_of_warmup():
     rates = [_lr(config, step) for step in range(100, 1000)]
     assert all(a >= b for a, b in zip(rates, rates[1:]))  # falls from the end of warmup on
     assert 0.95e-3 < rates[0] < 1e-3 and abs(rates[450] - 0.5 * (1e-3 + 1e-5)) < 1e-4 and rates[-1] < 1.1e-5
+
+
+def test_every_recipe_names_tasks_the_generator_makes_and_gates_on_its_own_tasks():
+    from qvl_compile.training.shapes import RECIPES
+    from qvl_compile.training.stepping_stones import TRAINING_TASKS, make_training_case
+    for name, stages in RECIPES.items():
+        assert stages, name
+        for stage in stages:
+            tasks = dict(stage.tasks)
+            assert set(tasks) <= set(TRAINING_TASKS), (name, set(tasks) - set(TRAINING_TASKS))
+            assert all(weight > 0 for weight in tasks.values()), (name, tasks)
+            assert {task for task, _ in stage.gates} <= set(tasks), (name, stage.gates)
+        for task in dict(stages[-1].tasks):
+            case = make_training_case(task, np.random.default_rng(7), stages[-1].sizes)
+            assert case.answer and (case.images or case.video), (name, task)

@@ -56,7 +56,7 @@ class PointerReadout(torch.nn.Module):
         logits = self.classify(contexts[-1][predicting]).reshape(-1, 4, DIGITS, 10)  # [positions, x1 y1 x2 y2, digit, 0-9]
         digits = box_digits(box.to(device))[rows]  # [positions, 4, DIGITS]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), digits.reshape(-1))
-        self.parts = {"pointer_digits": float(loss)}
+        self.parts = {"pointer_digits": float(loss.detach())}
         return loss
 
     def save(self, folder: Path) -> None:

@@ -147,11 +147,20 @@ PICK_STAGES: tuple[Stage, ...] = (
     Stage(_PICK_REPLAY + (("color_side", 0.5), ("ground_side", 1.5), ("ground_tenth", 1.5), ("ground_one", 1.0),
                           ("ground", 3.0))),
 )
+# After pick (2026-12-06): the suite's ground at most of each batch. The three arms of 2026-12-05 gained from steps,
+# not from their auxiliary losses, and pick's last stage gives ground a quarter of each batch (3 of 12) and the
+# stones and replay the rest; here ground has 8.5 of 12, the stones are dropped (the pointer loss does their job) and
+# the solved tasks are replayed at the weights that held them.
+FOCUS_STAGES: tuple[Stage, ...] = (
+    Stage((("color", 0.25), ("shape", 0.5), ("count", 1.0), ("motion", 0.25), ("two_images", 0.5),
+           ("ground_one", 1.0), ("ground", 8.5))),
+)
 RECIPES = {"full": DEFAULT_STAGES, "finish": FINISHING_STAGES, "grounding": GROUNDING_STAGES,
            "which_image": WHICH_IMAGE_STAGES, "consolidate": CONSOLIDATING_STAGES,
            "grounding_one": GROUNDING_ONE_STAGES, "shape_side": SHAPE_SIDE_STAGES,
            "edges": EDGE_STAGES, "position": POSITION_STAGES, "tenths": TENTHS_STAGES, "boxes": BOXES_STAGES,
-           "select": SELECT_STAGES, "pick": PICK_STAGES}
+           "select": SELECT_STAGES, "pick": PICK_STAGES,
+           "focus": FOCUS_STAGES}
 
 
 @dataclass(frozen=True)

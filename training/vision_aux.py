@@ -142,11 +142,11 @@ class VisionAux(torch.nn.Module):
         predicted = self.head[1](normalized)
         centre = ((predicted[:, :2] - target[:, :2]) ** 2).mean()
         box = (((predicted[:, 2:] - target[:, 2:]) ** 2).mean(1) * inside).sum() / inside.sum().clamp(min=1)
-        self.parts = {"vision_position": float(centre + box)}
+        self.parts = {"vision_position": float((centre + box).detach())}
         if self.digits is None:
             return centre + box
         digits = self._digit_loss(normalized, target[:, 2:], inside)
-        self.parts["vision_digits"] = float(digits)
+        self.parts["vision_digits"] = float(digits.detach())
         return centre + box + self.digit_weight * digits
 
     def _digit_loss(self, normalized: torch.Tensor, box: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
