@@ -97,10 +97,12 @@ def filtered_logits(logits: np.ndarray, history, cfg: SamplingConfig) -> np.ndar
 def next_token(logits: np.ndarray, history, cfg: SamplingConfig, rng: np.random.Generator,
                never: np.ndarray | None = None) -> int:
     """logits [vocab] float -> the chosen token id; ids in `never` are not chosen (the media placeholders:
-    one generated would stand for media rows that do not exist)."""
-    logits = filtered_logits(logits, history, cfg)
+    one generated would stand for media rows that do not exist). They are removed before top-k and top-p, as
+    transformers' bad_words_ids is, so that the filters choose among tokens that can be generated."""
+    logits = np.array(logits, np.float64)  # a copy: the caller's logits stay as they were
     if never is not None and len(never):
         logits[never] = -np.inf
+    logits = filtered_logits(logits, history, cfg)
     if not cfg.do_sample:
         return int(np.argmax(logits))
     probs = np.exp(logits - logits.max())

@@ -100,6 +100,20 @@ def test_sampling_steps():
     assert next_token(logits, [0], SamplingConfig(repetition_penalty=3.0), rng) == 3
 
 
+def test_tokens_never_generated_are_removed_before_top_k_and_top_p():
+    # The most likely token is one the runtime never generates (a media placeholder): top-k 1 and a tight top-p
+    # must then choose among the others, as transformers' bad_words_ids does, not leave nothing (NaN probabilities).
+    logits = np.array([9.0, 1.0, 2.0, 0.5])
+    never = np.array([0])
+    rng = np.random.default_rng(0)
+    for cfg in (SamplingConfig(do_sample=True, top_k=1), SamplingConfig(do_sample=True, top_p=0.1),
+                SamplingConfig(do_sample=True, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=8.0)):
+        chosen = {next_token(logits, [], cfg, rng, never) for _ in range(50)}
+        assert 0 not in chosen and chosen <= {1, 2, 3}, (cfg, chosen)
+    assert {next_token(logits, [], SamplingConfig(do_sample=True, top_k=1), rng, never) for _ in range(10)} == {2}
+    assert logits.tolist() == [9.0, 1.0, 2.0, 0.5]  # the caller's array is not modified
+
+
 @pytest.mark.parametrize("temperature, top_k, top_p, penalty", [(0.7, 20, 0.8, 1.0), (1.3, 0, 0.5, 1.2),
                                                                  (1.0, 5, 1.0, 2.0), (0.5, 0, 0.95, 1.0)])
 def test_filters_match_transformers_warpers(temperature, top_k, top_p, penalty):
