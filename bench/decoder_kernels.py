@@ -14,7 +14,10 @@ Before a graph fusion is built into the export, this says whether the kernel it 
   * the output projection (lm_head, 2048 -> 151936) at decode: 4-bit against 8-bit MatMulNBits (`--lm-head-bits`)
     and an fp32 MatMul (`--no-quantize-lm-head`), M=1.
 
-`--sections` picks some of them (projections, prefill, attention, lm_head).
+  * block size: 4-bit MatMulNBits with one scale per 32, 64 or 128 weights (`--block-size`), the layers'
+    projections and the output projection (4 and 8 bits) at decode, level 4.
+
+`--sections` picks some of them (projections, prefill, attention, lm_head, block_size).
 
 Weights are random bytes in MatMulNBits' layout (the kernels' speed does not depend on the values). Rounds are
 interleaved across variants; each cell is the median (min-max) of the rounds' medians.
@@ -39,35 +42,36 @@ PACKED = ((sum(SEPARATE[0]),), (sum(SEPARATE[1]),))
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
 
 
-def _matmul_nbits(rng, x: str, name: str, n: int, level: int, bits: int = 4) -> tuple[onnx.NodeProto, list]:
-    blocks = HIDDEN // BLOCK
-    packed = rng.integers(0, 256, (n, blocks, BLOCK * bits // 8), dtype=np.uint8)
+def _matmul_nbits(rng, x: str, name: str, n: int, level: int, bits: int = 4,
+                  block: int = BLOCK) -> tuple[onnx.NodeProto, list]:
+    blocks = HIDDEN // block
+    packed = rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8)  # [N, K / block, block * bits / 8]
     weights = [numpy_helper.from_array(packed, name + "_Q4"),
                numpy_helper.from_array(rng.random(n * blocks, dtype=np.float32) * 0.01, name + "_scales")]
     node = helper.make_node("MatMulNBits", [x, name + "_Q4", name + "_scales"], [name], domain="com.microsoft",
-                            K=HIDDEN, N=n, bits=bits, block_size=BLOCK, accuracy_level=level)
+                            K=HIDDEN, N=n, bits=bits, block_size=block, accuracy_level=level)
     return node, weights
 
 
-def lm_head_graph(bits: int | None, level: int, rng) -> onnx.ModelProto:
+def lm_head_graph(bits: int | None, level: int, rng, block: int = BLOCK) -> onnx.ModelProto:
     """The output projection for one token: MatMulNBits at `bits`, or an fp32 MatMul (bits None)."""
     if bits is None:
         weights = [numpy_helper.from_array(rng.standard_normal((HIDDEN, VOCAB), dtype=np.float32) * 0.02, "w")]
         node = helper.make_node("MatMul", ["x", "w"], ["logits"])
     else:
-        node, weights = _matmul_nbits(rng, "x", "logits", VOCAB, level, bits)
+        node, weights = _matmul_nbits(rng, "x", "logits", VOCAB, level, bits, block)
     graph = helper.make_graph([node], "lm_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, HIDDEN])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, VOCAB])], weights)
     return helper.make_model(graph, opset_imports=OPSETS)
 
 
-def projections_graph(groups, layers: int, rows: int, level: int, rng) -> onnx.ModelProto:
+def projections_graph(groups, layers: int, rows: int, level: int, rng, block: int = BLOCK) -> onnx.ModelProto:
     """`layers` copies of the projections in `groups` (out dims per node), each its own weights, all reading x."""
     nodes, weights, outputs = [], [], []
     for layer in range(layers):
         for group, dims in enumerate(groups):
             for index, n in enumerate(dims):
-                node, tensors = _matmul_nbits(rng, "x", f"l{layer}.g{group}.{index}", n, level)
+                node, tensors = _matmul_nbits(rng, "x", f"l{layer}.g{group}.{index}", n, level, block=block)
                 nodes.append(node), weights.extend(tensors)
                 outputs.append(helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, [rows, n]))
     graph = helper.make_graph(nodes, "projections", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, HIDDEN])],
@@ -269,8 +273,22 @@ def lm_head_table(rounds: int, threads: int, rng) -> list[str]:
                  "4-bit, L4")
 
 
+def block_size_tables(rounds: int, threads: int, rng) -> list[str]:
+    """`--block-size` at decode: the projections that read the hidden state, and the output projection, at L4."""
+    def projections(block: int):
+        return plain_runner(projections_graph(SEPARATE, LAYERS, 1, 4, rng, block), 1, threads, rng)
+
+    layers = {f"block {block}": projections(block) for block in (32, 64, 128)}
+    lines = table("Projections q,k,v,gate,up at decode by block size (M=1, 28 layers, 4-bit, L4)",
+                  measure(layers, rounds, 20), "block 32")
+    heads = {f"{bits}-bit, block {block}": plain_runner(lm_head_graph(bits, 4, rng, block), 1, threads, rng)
+             for bits in (8, 4) for block in (32, 128)}
+    return lines + table(f"Output projection at decode by block size (M=1, {HIDDEN} -> {VOCAB}, L4)",
+                         measure(heads, rounds, 20), "8-bit, block 32")
+
+
 SECTIONS = {"projections": projection_tables, "prefill": prefill_table, "attention": attention_tables,
-            "lm_head": lm_head_table}
+            "lm_head": lm_head_table, "block_size": block_size_tables}
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ def profile(graph: Path, grid: tuple[int, int, int], threads: int) -> tuple[floa
         session.run(None, feeds)  # warm-up: its events come first in the file
         session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
+    return last_run_by_op(events)
+
+
+def last_run_by_op(events: list[dict]) -> tuple[float, dict[str, float]]:
+    """onnxruntime profile events -> (wall ms of the last run, op type -> summed kernel ms within it)."""
     runs = [e for e in events if e.get("name") == "model_run"]
     last = runs[-1]
     start, end = last["ts"], last["ts"] + last["dur"]

@@ -50,9 +50,9 @@ class TextDecoder:
     """One decoder graph and session. `forward` runs any number of new tokens on top of a cache."""
 
     def __init__(self, graph_path: str | Path, facts: DecoderShape, providers: list[str] | None = None,
-                 intra_op_threads: int = 0, kv_cache: str = KV_IN_PLACE):
+                 intra_op_threads: int = 0, kv_cache: str = KV_IN_PLACE, profile_prefix: str | None = None):
         self.facts = facts
-        self.session = make_session(Path(graph_path), providers, intra_op_threads)
+        self.session = make_session(Path(graph_path), providers, intra_op_threads, profile_prefix=profile_prefix)
         past_k, past_v, present_k, present_v = facts.cache_names
         self._past = list(zip(past_k, past_v))
         self._present = [name for pair in zip(present_k, present_v) for name in pair]
