@@ -2,7 +2,7 @@
 # One command for the performance tables and plots in docs/perf/ (Qwen3-VL-2B architecture, random weights).
 #   pip install torch==2.13.0 -e '.[export,bench]'
 #   bash bench/suite.sh WORK_DIR        # about 45 minutes on 2 cores; the decoder export peaks near 21 GB
-#   LLAMA_CPP=/path/to/llama.cpp bash bench/suite.sh WORK_DIR   # also llama.cpp, built as docs/perf/llama_cpp.md says
+#   LLAMA_CPP=/path/to/llama.cpp [LLAMA_BUILD=build-noamx] bash bench/suite.sh WORK_DIR   # also llama.cpp (docs/perf/llama_cpp.md)
 # Steps whose output folder exists are skipped, so a rerun only re-measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ mkdir -p "$work" "$out"
 [ -d "$work/vision-int8" ] || qvl-compile export "$work/r2b" "$work/vision-int8" --component vision --vision-quant int8
 [ -d "$work/decoder-int4" ] || qvl-compile export "$work/r2b" "$work/decoder-int4" --component decoder
 [ -d "$work/decoder-int4-kv8" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-kv8" --component decoder --kv-cache int8
+[ -d "$work/decoder-int4-b32" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-b32" --component decoder --block-size 32
+[ -d "$work/decoder-int4-h4" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-h4" --component decoder --lm-head-bits 4
 # The end-to-end runner: the INT4 decoder plus the int8 vision graph in one folder (export keeps the decoder).
 if [ ! -d "$work/e2e" ]; then
   cp -r "$work/decoder-int4" "$work/e2e"
@@ -24,16 +26,20 @@ fi
 [ -d "$work/genai" ] || python -m onnxruntime_genai.models.builder -m "$work/r2b" -o "$work/genai" -p int4 -e cpu
 # llama.cpp (optional): its own converter and quantizer make the GGUF (docs/perf/llama_cpp.md)
 llama=()
+llama_build=${LLAMA_BUILD:-build}  # LLAMA_BUILD=build-noamx where the AMX build cannot read a prompt (docs/perf/llama_cpp.md)
 if [ -n "${LLAMA_CPP:-}" ]; then
   [ -f "$work/r2b-f16.gguf" ] || python bench/llama_cpp_convert.py "$LLAMA_CPP" "$work/r2b" --outfile "$work/r2b-f16.gguf" --outtype f16
-  [ -f "$work/r2b-q4_0.gguf" ] || "$LLAMA_CPP/build/bin/llama-quantize" "$work/r2b-f16.gguf" "$work/r2b-q4_0.gguf" Q4_0 "$threads"
-  llama=(--llama-bench "$LLAMA_CPP/build/bin/llama-bench" --gguf "$work/r2b-q4_0.gguf")
+  [ -f "$work/r2b-q4_0.gguf" ] || "$LLAMA_CPP/$llama_build/bin/llama-quantize" "$work/r2b-f16.gguf" "$work/r2b-q4_0.gguf" Q4_0 "$threads"
+  llama=(--llama-bench "$LLAMA_CPP/$llama_build/bin/llama-bench" --gguf "$work/r2b-q4_0.gguf")
 fi
 
 python bench/bandwidth.py --threads "$threads" --export "$work/decoder-int4" --context 512 | tee "$out/bandwidth_2b.txt"
 python bench/vision_int8_weights.py "$work/vision-fp32" --threads "$threads" | tee "$out/vision_int8_weights_2b.md"
 python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" \
   --names "ours fp32" "ours int8" --threads "$threads" --markdown "$out/vision_2b.md" --plot "$out/vision_2b_latency.png"
+python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" --names "ours fp32" "ours int8" \
+  --workload "image 448x448" --workload "image 896x896" --workload "video 8 frames 448x448" --threads "$threads" \
+  --markdown "$out/vision_2b_targets.md"
 python bench/decoder_speed.py --ours "$work/decoder-int4" --compare-copy --ours-level 1 --genai "$work/genai" \
   "${llama[@]}" --torch "$work/r2b" --threads "$threads" | tee "$out/decoder_2b.md"
 python bench/decoder_speed.py --ours "$work/decoder-int4" --genai "$work/genai" "${llama[@]}" --prefill 0 \
@@ -42,6 +48,10 @@ python bench/decoder_speed.py --ours "$work/decoder-int4" --genai "$work/genai" 
 python bench/decoder_speed.py --ours "$work/decoder-int4" --also "ours, int8 KV cache=$work/decoder-int4-kv8" \
   --prefill 1000 --context 128 512 1024 2048 --repeats 3 --threads "$threads" | tee "$out/decoder_2b_kv_cache.md"
 python bench/kv_cache_prefill.py --tokens 256 1000 2000 --threads "$threads" | tee "$out/kv_cache_prefill_2b.md"
+python bench/decoder_kernels.py --sections block_size --rounds 5 --threads "$threads" \
+  | tee "$out/decoder_kernels_block_size_2b.md"
+python bench/prefill_profile.py "$work/decoder-int4" --torch "$work/r2b" --tokens 1000 --threads "$threads" \
+  | tee "$out/prefill_profile_2b.md"
 python bench/e2e_speed.py --ours "$work/e2e" --torch "$work/r2b" --size 448 --new-tokens 64 --threads "$threads" \
   | tee "$out/e2e_2b.md"
 # The default export end to end (fp32 vision, INT4 decoder) against llama.cpp's own multimodal CLI
@@ -51,12 +61,17 @@ if [ -n "${LLAMA_CPP:-}" ]; then
     cp -r "$work/decoder-int4" "$work/e2e-default"
     qvl-compile export "$work/r2b" "$work/e2e-default" --component vision
   fi
-  python bench/e2e_speed.py --ours "$work/e2e-default" --torch "$work/r2b" --llama-mtmd "$LLAMA_CPP/build/bin/llama-mtmd-cli" \
+  python bench/e2e_speed.py --ours "$work/e2e-default" --llama-mtmd "$LLAMA_CPP/$llama_build/bin/llama-mtmd-cli" \
     --gguf "$work/r2b-q4_0.gguf" --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" \
     | tee "$out/e2e_2b_llama.md"
   python bench/decoder_speed.py --ours "$work/decoder-int4" --also "ours, int8 KV cache=$work/decoder-int4-kv8" "${llama[@]}" \
     --prefill 1000 --context 512 2048 --repeats 3 --threads "$threads" | tee "$out/decoder_2b_kv_cache_llama.md"
-  python bench/e2e_speed.py --ours "$work/e2e" --llama-mtmd "$LLAMA_CPP/build/bin/llama-mtmd-cli" --gguf "$work/r2b-q4_0.gguf" \
+  # the default (block 128) against block 32, a 4-bit lm_head and the int8 KV cache, llama.cpp and PyTorch
+  python bench/decoder_speed.py --ours "$work/decoder-int4" --also "block 32 (the default before)=$work/decoder-int4-b32" \
+    --also "block 128, 4-bit lm_head=$work/decoder-int4-h4" --also "block 128, int8 KV cache=$work/decoder-int4-kv8" \
+    "${llama[@]}" --torch "$work/r2b" --prefill 1000 --context 128 512 2048 --repeats 3 --threads "$threads" \
+    | tee "$out/decoder_2b_block_size.md"
+  python bench/e2e_speed.py --ours "$work/e2e" --llama-mtmd "$LLAMA_CPP/$llama_build/bin/llama-mtmd-cli" --gguf "$work/r2b-q4_0.gguf" \
     --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" | tee "$out/e2e_2b_llama_int8.md"
 fi
 

@@ -1,7 +1,7 @@
 """Decoder export options, read once from the command line into a frozen dataclass."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qvl_compile.errors import QvlError
 
@@ -11,7 +11,9 @@ class QuantOptions:
     """The decoder's weight format (INT4 weight-only quantization, onnxruntime MatMulNBits) and graph fusions."""
 
     mode: str = "int4"  # "int4" or "fp32"
-    block_size: int = 32
+    # INT4 block size along the input dim; None: the family's choice for the checkpoint (Family.auto_block_size),
+    # resolved once by export_model through `for_family` before anything reads it.
+    block_size: int | None = None
     # 4 (int8 activations) is the default: on the trained tiny model's 600-case suite it scores as level 1 does
     # (73.7% against 73.8%, every task within 1 point of level 1) and decodes 3.5x faster on 2 AVX2 cores (README, docs/perf).
     # 1 keeps fp32 activations: logits match the fake-quant reference to ~1e-6 (the goldens' exact path).
@@ -43,10 +45,14 @@ class QuantOptions:
             return self.lm_head_bits
         return family_auto if self.accuracy_level == 4 else 4
 
+    def for_family(self, family_block_size: int) -> "QuantOptions":
+        """These options with the block size resolved: the choice made, else (auto) the family's."""
+        return self if self.block_size is not None else replace(self, block_size=family_block_size)
+
     def validate(self) -> None:
         if self.mode not in ("int4", "fp32"):
             raise QvlError(f"--quant: expected int4 or fp32, got {self.mode!r}")
-        if self.block_size not in (16, 32, 64, 128, 256):
+        if self.block_size not in (None, 16, 32, 64, 128, 256):
             raise QvlError(f"--block-size: expected one of 16, 32, 64, 128, 256, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise QvlError(f"--accuracy-level: expected 0..4, got {self.accuracy_level}")

@@ -106,6 +106,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, component: str = "a
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = ModelConfig.from_dir(model_dir)
     family = family_named(config.model_type)
+    quant = quant.for_family(family.auto_block_size(config))
     _check_checkpoint(model_dir, family)
     source = _source_record(model_dir)
     wanted = ("vision", "decoder") if component == "all" else (component,)

@@ -39,6 +39,10 @@ class Family:
     # --lm-head-bits auto at accuracy level 4: 8 where a trained model's task accuracy chose it (README, accuracy table)
     auto_lm_head_bits: int = 8
 
+    def auto_block_size(self, config: "ModelConfig") -> int:
+        """--block-size auto: the INT4 block size for this checkpoint."""
+        raise NotImplementedError
+
     # --- config (torch-free) ---
     def parse_config(self, raw: dict[str, Any], source: str) -> "ModelConfig":
         raise NotImplementedError

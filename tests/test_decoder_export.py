@@ -1,5 +1,6 @@
 """Decoder export on the tiny model: fp32 vs transformers, INT4 vs its fake-quant reference, DeepStack."""
 import collections
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -194,7 +195,7 @@ def test_lm_head_bits_8_keeps_eight_bits_where_the_table_shares_them(tiny_dir, h
     from qvl_compile.export.pipeline import export_model
 
     out = tmp_path / "out"
-    export_model(tiny_dir, out, component="decoder", quant=QuantOptions(lm_head_bits=8, accuracy_level=1))
+    export_model(tiny_dir, out, component="decoder", quant=QuantOptions(lm_head_bits=8, accuracy_level=1, block_size=32))
     model = onnx.load(str(out / "decoder.onnx"))
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     bits = {n.input[1].removesuffix("_Q4"): next(a.i for a in n.attribute if a.name == "bits")
@@ -238,3 +239,26 @@ def test_lm_head_bits_auto_is_8_at_level_4_only(tmp_path):
         QuantOptions(lm_head_bits=6).validate()
     result = CliRunner().invoke(main, ["export", str(tmp_path / "none"), str(tmp_path / "out"), "--lm-head-bits", "6"])
     assert result.exit_code != 0 and "'6' is not one of 'auto', '4', '8'" in result.output
+
+
+def test_block_size_auto_is_the_familys(tiny_dir, tmp_path):
+    """auto (None) takes the family's block size for the checkpoint: 128 for Qwen3-VL at every released size (2B, 4B,
+    8B), 32 for its tiny model (hidden size 64) and for the MoE family; a choice stands, and the CLI refuses a value
+    that is neither auto nor a number in one line."""
+    from click.testing import CliRunner
+
+    from qvl_compile.cli import main
+    from qvl_compile.config import ModelConfig
+
+    archs = Path(__file__).resolve().parents[1] / "families" / "qwen3_vl" / "archs"
+    released = sorted(archs.glob("*/config.json"))
+    assert len(released) >= 3
+    for config_file in released:
+        assert FAMILY.auto_block_size(ModelConfig.from_dir(config_file.parent)) == 128, config_file
+    assert FAMILY.auto_block_size(ModelConfig.from_dir(tiny_dir)) == 32
+    moe = family_named("qwen3_vl_moe")
+    for config_file in sorted((archs.parent.parent / "qwen3_vl_moe" / "archs").glob("*/config.json")):
+        assert moe.auto_block_size(ModelConfig.from_dir(config_file.parent)) == 32, config_file
+    assert QuantOptions().for_family(128).block_size == 128 and QuantOptions(block_size=32).for_family(128).block_size == 32
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "none"), str(tmp_path / "out"), "--block-size", "big"])
+    assert result.exit_code != 0 and "--block-size: expected auto or one of 16, 32, 64, 128, 256, got 'big'" in result.output

@@ -53,6 +53,7 @@ def _check_against_whole_graph_quantizer(model_dir, graph_path, names):
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from qvl_compile.config import ModelConfig
     from qvl_compile.export.checkpoint_files import CheckpointReader
     from qvl_compile.export.graph_weights import GraphWeights
     from qvl_compile.families.qwen3_vl.loaders import projection_module
@@ -60,7 +61,9 @@ def _check_against_whole_graph_quantizer(model_dir, graph_path, names):
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     reader, graph = CheckpointReader(model_dir), GraphWeights(graph_path)
-    skeleton = family_named("qwen3_vl").load_skeleton(model_dir)
+    family = family_named("qwen3_vl")
+    block = family.auto_block_size(ModelConfig.from_dir(model_dir))  # the block size the default export used
+    skeleton = family.load_skeleton(model_dir)
     module_names = {id(m): n for n, m in skeleton.named_modules()}
     for name in names:
         key = module_names[id(projection_module(skeleton, name))] + ".weight"
@@ -71,8 +74,8 @@ def _check_against_whole_graph_quantizer(model_dir, graph_path, names):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, name)])
         bits = 8 if name.startswith("lm_head") else 4  # level 4's default keeps the output projection at 8 bits
-        quantizer = MatMulNBitsQuantizer(helper.make_model(g), bits=bits, block_size=32, is_symmetric=True,
-                                         accuracy_level=1)
+        quantizer = MatMulNBitsQuantizer(helper.make_model(g), bits=bits, block_size=block,
+                                         is_symmetric=True, accuracy_level=1)
         quantizer.process()
         whole = {t.name: numpy_helper.to_array(t) for t in quantizer.model.model.graph.initializer}
         del weight, g, quantizer

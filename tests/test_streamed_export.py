@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from qvl_compile.config import ModelConfig
 from qvl_compile.export.checkpoint_files import CheckpointReader, TensorSpec, write_sharded
 from qvl_compile.export.decoder_options import QuantOptions
 from qvl_compile.export.decoder_verify import decoder_parity
@@ -44,13 +45,13 @@ def int4_in_small_chunks(tiny_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("export_name", ["int4_export", "int4_in_small_chunks"])
-def test_int4_weights_are_bit_identical_to_matmul_nbits_quantizer(fp32_export, export_name, request):
+def test_int4_weights_are_bit_identical_to_matmul_nbits_quantizer(fp32_export, export_name, request, tiny_dir):
     """Today's whole-graph quantizer over the float32 graph and our per-tensor calls give the same bytes."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     int4_export = request.getfixturevalue(export_name)
 
-    options = QuantOptions(accuracy_level=1)
+    options = QuantOptions(accuracy_level=1).for_family(FAMILY.auto_block_size(ModelConfig.from_dir(tiny_dir)))
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_export / "decoder.onnx")), bits=4, block_size=options.block_size,
                                      is_symmetric=options.symmetric, accuracy_level=options.accuracy_level)
@@ -74,7 +75,7 @@ def test_tied_embedding_table_reads_the_lm_heads_packed_rows(int4_export, tiny_d
     floats = [t for t in graph.proto.graph.initializer if list(t.dims) == [vocab, hidden]]
     assert not floats, "a float32 embedding table is still in the INT4 graph"
     _check_table_close(dequantize_gather(gather, graph), CheckpointReader(tiny_dir).read(EMBEDDING).numpy(),
-                       graph.array(gather.input[2]), block=QuantOptions().block_size)
+                       graph.array(gather.input[2]), block=FAMILY.auto_block_size(ModelConfig.from_dir(tiny_dir)))
 
 
 def _check_table_close(table: np.ndarray, original: np.ndarray, scales: np.ndarray, block: int) -> None:
@@ -114,7 +115,7 @@ def test_untied_sharded_bf16_checkpoint_exports_with_its_own_table(untied_dir, t
     assert (quant["lm_head_bits"], quant["embedding_bits"]) == (8, 4)
     reader = CheckpointReader(untied_dir)
     _check_table_close(dequantize_gather(gather, graph), reader.read(EMBEDDING).numpy(), graph.array(gather.input[2]),
-                       block=QuantOptions().block_size)
+                       block=FAMILY.auto_block_size(ModelConfig.from_dir(untied_dir)))
     assert graph.array("lm_head.weight_t_Q4").tobytes() != graph.array("embed_tokens_Q4").tobytes()
 
 

@@ -29,6 +29,13 @@ class Qwen3VL(Family):
     def parse_config(self, raw: dict[str, Any], source: str) -> ModelConfig:
         return parse_config(raw, source)
 
+    def auto_block_size(self, config: ModelConfig) -> int:
+        """128 where a row of the decoder's weights holds at least 8 such blocks (hidden size >= 1024: every released
+        size), else 32. At 2B size 128 decodes 1.13x faster than 32 with the same task accuracy (README, Performance);
+        in a narrower model a block of 128 spans whole rows, and accuracy level 4 quantizes the activations per block
+        too (the tiny model's shipped graph then missed verify's 5e-2 bound)."""
+        return 128 if config.text.hidden_size >= 8 * 128 else 32
+
     def expand_prompt(self, text, image_grids, video_grids, video_timestamps, merge_size):
         return expand_placeholders(text, image_grids, video_grids, video_timestamps, merge_size)
 

@@ -34,6 +34,10 @@ class Qwen3VLMoe(Qwen3VL):
     def parse_config(self, raw: dict[str, Any], source: str) -> ModelConfig:
         return parse_config(raw, source)
 
+    def auto_block_size(self, config: ModelConfig) -> int:
+        """32 at every size: no trained MoE model measures block 128 (and QMoE's experts share the block size)."""
+        return 32
+
     def load_model(self, model_dir: Path):
         from qvl_compile.families.qwen3_vl_moe.loaders import load_full_model
 
