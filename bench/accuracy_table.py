@@ -28,6 +28,7 @@ SETTINGS = {
     "INT4 b128 L4": ["--block-size", "128", "--accuracy-level", "4"],
     "INT4 b32 L4, int8 vision": ["--block-size", "32", "--accuracy-level", "4", "--vision-quant", "int8"],
     "INT4 b32 L4, int8 KV cache": ["--block-size", "32", "--accuracy-level", "4", "--kv-cache", "int8"],
+    "INT4 b32 L4, int8 prefill graph": ["--block-size", "32", "--accuracy-level", "4", "--prefill", "int8"],
     "INT4 b32 L4, fp32 lm_head": ["--block-size", "32", "--accuracy-level", "4", "--no-quantize-lm-head"],
     "INT4 b32 L4, 4-bit lm_head": ["--block-size", "32", "--accuracy-level", "4", "--lm-head-bits", "4"],
 }

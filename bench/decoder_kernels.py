@@ -17,7 +17,12 @@ Before a graph fusion is built into the export, this says whether the kernel it 
   * block size: 4-bit MatMulNBits with one scale per 32, 64 or 128 weights (`--block-size`), the layers'
     projections and the output projection (4 and 8 bits) at decode, level 4.
 
-`--sections` picks some of them (projections, prefill, attention, lm_head, block_size).
+  * int8 prefill (`--prefill int8`): one layer's projections as the prefill graph computes them (int8 weights per
+    column, activations per row, onnxruntime's MatMulInteger; export.prefill_int8 rewrites the 4-bit graph) against
+    4-bit MatMulNBits at level 4, block 128 (the default), and PyTorch's fp32 matmul, at 1 to 1,000 rows: where the
+    runtime should switch graphs (qvl_compile.contract.PREFILL_MIN_ROWS).
+
+`--sections` picks some of them (projections, prefill, attention, lm_head, block_size, prefill_int8).
 
 Weights are random bytes in MatMulNBits' layout (the kernels' speed does not depend on the values). Rounds are
 interleaved across variants; each cell is the median (min-max) of the rounds' medians.
@@ -287,8 +292,32 @@ def block_size_tables(rounds: int, threads: int, rng) -> list[str]:
                          measure(heads, rounds, 20), "8-bit, block 32")
 
 
+def int8_prefill_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its MatMulNBits rewritten as the int8 prefill graph does (export.prefill_int8)."""
+    from qvl_compile.export.prefill_int8 import prefill_graph
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    prefill_graph(rewritten)
+    return rewritten
+
+
+def prefill_int8_tables(rounds: int, threads: int, rng) -> list[str]:
+    """One layer's q,k,v,gate,up: 4-bit (level 4, block 128) against the int8 prefill graph's form, by rows."""
+    lines = []
+    for rows in (1, 4, 8, 16, 64, PREFILL_TOKENS):
+        four_bit = projections_graph(SEPARATE, 1, rows, 4, rng, block=128)
+        runners = {"4-bit, L4, block 128": plain_runner(four_bit, rows, threads, rng),
+                   "int8 prefill graph": plain_runner(int8_prefill_graph(four_bit), rows, threads, rng)}
+        if rows == PREFILL_TOKENS:
+            runners["PyTorch fp32 matmul"] = torch_runner(rows, threads)
+        lines += table(f"Projections q,k,v,gate,up at {rows} rows (one layer)",
+                       measure(runners, rounds, 3 if rows == PREFILL_TOKENS else 20), "4-bit, L4, block 128")
+    return lines
+
+
 SECTIONS = {"projections": projection_tables, "prefill": prefill_table, "attention": attention_tables,
-            "lm_head": lm_head_table, "block_size": block_size_tables}
+            "lm_head": lm_head_table, "block_size": block_size_tables, "prefill_int8": prefill_int8_tables}
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """End to end, side by side: one image and a short prompt in, N greedy tokens out.
 
-    python bench/e2e_speed.py --ours OUT_DIR --torch MODEL_DIR [--size 448] [--new-tokens 64] [--repeats 3]
-        [--llama-mtmd llama.cpp/build/bin/llama-mtmd-cli --gguf MODEL.gguf --mmproj MMPROJ.gguf]
+    python bench/e2e_speed.py --ours OUT_DIR [--also LABEL=OUT_DIR2] --torch MODEL_DIR [--size 448] [--new-tokens 64]
+        [--repeats 3] [--llama-mtmd llama.cpp/build/bin/llama-mtmd-cli --gguf MODEL.gguf --mmproj MMPROJ.gguf]
 
 Each runner lives in its own worker process (peak RSS is its own) and uses its own preprocessing: ours
 the torch-free runtime (preprocess, vision graph, INT4 decoder with the in-place KV cache), PyTorch
@@ -166,6 +166,8 @@ def _worker(kind: str, path: str, threads: int, size: int, conn) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", type=Path, required=True, help="export folder with vision and decoder")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=OUT_DIR",
+                        help="another export of ours, in the same rounds (e.g. --prefill int8)")
     parser.add_argument("--torch", type=Path, help="checkpoint folder for PyTorch eager")
     parser.add_argument("--llama-mtmd", type=Path, help="llama.cpp's llama-mtmd-cli (with --gguf and --mmproj)")
     parser.add_argument("--gguf", type=Path, help="the language model GGUF llama-mtmd-cli runs, e.g. Q4_0")
@@ -177,6 +179,11 @@ def main() -> None:
     args = parser.parse_args()
 
     runners = {"ours (torch-free runtime)": ("ours", args.ours)}
+    for also in args.also:
+        label, _, folder = also.partition("=")
+        if not folder:
+            parser.error(f"--also: expected LABEL=OUT_DIR, got {also!r}")
+        runners[f"ours, {label}"] = ("ours", Path(folder))
     if args.torch:
         runners["PyTorch eager sdpa (transformers generate)"] = ("torch", args.torch)
     if args.llama_mtmd:

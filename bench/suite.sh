@@ -18,6 +18,7 @@ mkdir -p "$work" "$out"
 [ -d "$work/decoder-int4-kv8" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-kv8" --component decoder --kv-cache int8
 [ -d "$work/decoder-int4-b32" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-b32" --component decoder --block-size 32
 [ -d "$work/decoder-int4-h4" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-h4" --component decoder --lm-head-bits 4
+[ -d "$work/decoder-int4-p8" ] || qvl-compile export "$work/r2b" "$work/decoder-int4-p8" --component decoder --prefill int8
 # The end-to-end runner: the INT4 decoder plus the int8 vision graph in one folder (export keeps the decoder).
 if [ ! -d "$work/e2e" ]; then
   cp -r "$work/decoder-int4" "$work/e2e"
@@ -52,6 +53,12 @@ python bench/decoder_kernels.py --sections block_size --rounds 5 --threads "$thr
   | tee "$out/decoder_kernels_block_size_2b.md"
 python bench/prefill_profile.py "$work/decoder-int4" --torch "$work/r2b" --tokens 1000 --threads "$threads" \
   | tee "$out/prefill_profile_2b.md"
+# --prefill int8: the kernels by rows (where the runtime switches graphs), then the decoders side by side
+python bench/decoder_kernels.py --sections prefill_int8 --rounds 3 --threads "$threads" \
+  | tee "$out/decoder_kernels_prefill_int8_2b.md"
+python bench/decoder_speed.py --ours "$work/decoder-int4" --also "int8 prefill graph (--prefill int8)=$work/decoder-int4-p8" \
+  "${llama[@]}" --torch "$work/r2b" --prefill 1000 --context 512 --repeats 3 --threads "$threads" \
+  | tee "$out/decoder_2b_prefill_int8.md"
 python bench/e2e_speed.py --ours "$work/e2e" --torch "$work/r2b" --size 448 --new-tokens 64 --threads "$threads" \
   | tee "$out/e2e_2b.md"
 # The default export end to end (fp32 vision, INT4 decoder) against llama.cpp's own multimodal CLI

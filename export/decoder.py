@@ -27,12 +27,15 @@ from qvl_compile.export.component import (
     Step,
     check_graph,
     export_component,
+    graph_files,
 )
 from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.decoder_verify import verify_decoder_graph
+from qvl_compile.export.decoder_verify import verify_decoder_graph, verify_prefill_graph
 from qvl_compile.export.fusion import fuse_rms_norm
 from qvl_compile.export.int4_weights import Int4Plan, count_ops
+from qvl_compile.export.prefill_int8 import PREFILL_FILE
 from qvl_compile.export.streamed_reference import checkpoint_source
+from qvl_compile.manifest import file_record
 
 DECODER_FILE = "decoder.onnx"
 LM_HEAD = "lm_head"  # the rewritten decoder's attribute (rewrite/decoder.py), hence its initializer's prefix
@@ -145,6 +148,27 @@ def _verifier(options: QuantOptions):
     return verify
 
 
+def _prefill_writer(ctx: ExportContext) -> None:
+    from qvl_compile.export.ort_schemas import register_onnxruntime_schemas
+    from qvl_compile.export.prefill_int8 import write_prefill_graph
+    from qvl_compile.runtime.session import make_session
+
+    path = ctx.work_dir / PREFILL_FILE
+    ctx.record["prefill"] = write_prefill_graph(ctx.path, path)
+    register_onnxruntime_schemas()
+    onnx.checker.check_model(str(path), full_check=True)
+    make_session(path, [ctx.target.execution_provider])
+
+
+def _prefill_verifier(options: QuantOptions):
+    def verify(ctx: ExportContext) -> None:
+        source = checkpoint_source(ctx.reference, ctx.reader)
+        ctx.record["prefill"]["export_check"] = verify_prefill_graph(
+            ctx.path, ctx.work_dir / PREFILL_FILE, ctx.reference, decoder_shape(ctx), ctx.family, options.accuracy_level,
+            ctx.target, source=source, kv_cache=options.kv_cache)
+    return verify
+
+
 def _describe(options: QuantOptions):
     def describe(ctx: ExportContext) -> dict[str, Any]:
         return {
@@ -161,6 +185,7 @@ def _describe(options: QuantOptions):
             "video_token_id": ctx.config.video_token_id,
             "kv_cache": KV_IN_PLACE,
             "export_check": ctx.record["export_check"],
+            "prefill": ctx.record.get("prefill", {}),
         }
     return describe
 
@@ -184,8 +209,11 @@ def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
     options.validate()
     inputs, outputs, dims = _io_names(config.text.num_hidden_layers)
     kv_int8 = (Step("int8 KV cache (calibrated per channel)", _kv_cache_quantizer),) if options.kv_cache == "int8" else ()
+    prefill = (Step("int8 prefill graph (onnxruntime MatMulInteger)", _prefill_writer),
+               Step("verify the prefill graph against transformers", _prefill_verifier(options))) \
+        if options.prefill == "int8" else ()
     steps = (*kv_int8, Step(CHECK_STAGE, check_graph),
-             Step("verify against transformers (weights streamed)", _verifier(options)))
+             Step("verify against transformers (weights streamed)", _verifier(options)), *prefill)
     passes = (GraphPass("fuse RMSNorm (onnxruntime.transformers)", _fuse_rms_norm),) if options.fuse_rms_norm else ()
     return ComponentSpec(
         name="decoder", file_name=DECODER_FILE, load=_load, rewrite=_rewriter(options), example_inputs=_example_inputs,
@@ -196,8 +224,12 @@ def decoder_spec(config: ModelConfig, options: QuantOptions) -> ComponentSpec:
 
 
 def export_decoder(ctx: ExportContext, options: QuantOptions) -> dict[str, Any]:
-    """Write `decoder.onnx` (+ external data) into ctx.work_dir; return its artifact fields."""
-    return export_component(decoder_spec(ctx.config, options), ctx)
+    """Write `decoder.onnx` (+ external data, and the int8 prefill graph if asked) into ctx.work_dir; return its
+    artifact fields (the decoder graph first in `files`)."""
+    fields = export_component(decoder_spec(ctx.config, options), ctx)
+    if options.prefill == "int8":
+        fields["files"] += [file_record(ctx.work_dir, name) for name in graph_files(ctx.work_dir, PREFILL_FILE)]
+    return fields
 
 
 __all__ = ["export_decoder", "decoder_spec", "QuantOptions", "DECODER_FILE", "cache_names"]

@@ -37,6 +37,10 @@ class QuantOptions:
     # The attention's KV cache: "int8" stores keys and values as int8 with calibrated per-channel scales
     # (export.kv_cache_int8), reading a quarter of the fp32 cache's bytes per decoded token.
     kv_cache: str = "fp32"
+    # "int8": also write decoder_prefill.onnx, the same decoder with int8 projection weights for onnxruntime's
+    # integer GEMM, which the runtime reads prompts with (export.prefill_int8). Off by default: it adds about
+    # twice the 4-bit projections' bytes on disk and in memory.
+    prefill: str = "none"
 
     def head_bits_for(self, family_auto: int) -> int:
         """The lm_head's bits: the choice made, else (auto) `family_auto` (Family.auto_lm_head_bits) at accuracy
@@ -60,3 +64,8 @@ class QuantOptions:
             raise QvlError(f"--lm-head-bits: expected 4 or 8, got {self.lm_head_bits}")
         if self.kv_cache not in ("fp32", "int8"):
             raise QvlError(f"--kv-cache: expected fp32 or int8, got {self.kv_cache!r}")
+        if self.prefill not in ("none", "int8"):
+            raise QvlError(f"--prefill: expected none or int8, got {self.prefill!r}")
+        if self.prefill == "int8" and self.mode != "int4":
+            raise QvlError(f"--prefill int8: expected --quant int4 (its int8 weights come from the 4-bit ones), "
+                           f"got --quant {self.mode}")

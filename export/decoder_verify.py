@@ -30,6 +30,7 @@ from qvl_compile.parity import (
     ROUTED_MIN_AGREEMENT,
     is_lossy,
     max_rel,
+    prefill_int8_tolerance,
     shipped_tolerance,
 )
 from qvl_compile.registry import Family
@@ -245,3 +246,27 @@ def _raise_unless(parity: DecoderParity, what: str) -> None:
     if not parity.passed:
         raise QvlError(f"{what}: max rel error {parity.worst:.2e} (tolerance {parity.tolerance:.0e}), greedy tokens "
                        f"{'identical' if parity.onnx_tokens == parity.reference_tokens else 'differ'}")
+
+
+def verify_prefill_graph(path, prefill_path, hf_model, shape: DecoderShape, family: Family, accuracy_level: int,
+                         target: Target = CPU_FP32, steps: int = 16, source: Source | None = None,
+                         kv_cache: str = "fp32") -> dict:
+    """The int8 prefill graph (export.prefill_int8) as the runtime runs it: it reads the parity prompt, the 4-bit
+    graph decodes from the cache it wrote. Against transformers carrying the 4-bit graph's dequantized weights, within
+    `parity.prefill_int8_tolerance`; raises otherwise. Returns the figures for the manifest."""
+    with decoder_reference(Path(path), hf_model, family, "int4", source) as reference:
+        decoder = TextDecoder(path, shape, [target.execution_provider], prefill_graph=prefill_path)
+        parity = decoder_parity(decoder, reference, family, steps, prefill_int8_tolerance(accuracy_level, kv_cache))
+        what = f"int8 prefill graph, then the int4 decoder (accuracy_level {accuracy_level}) vs fake-quant transformers"
+        routed = routes_experts(Path(path))
+        if not routed and not parity.worst <= parity.tolerance:
+            _raise_unless(parity, what)
+        agree, total = next_token_agreement(decoder, reference, family)
+    if routed and agree < ROUTED_MIN_AGREEMENT * total:  # judged by its tokens, as _verify judges expert routing
+        raise QvlError(f"{what}: next-token agreement {agree}/{total} (expected at least {ROUTED_MIN_AGREEMENT:.0%}; "
+                       f"max rel {parity.worst:.2e})")
+    if parity.onnx_tokens != parity.reference_tokens or agree != total:
+        log.warning("int8 prefill graph: logits within %.1e of the reference, greedy tokens %s, next-token agreement "
+                    "%d/%d", parity.worst, "identical" if parity.onnx_tokens == parity.reference_tokens else "differ",
+                    agree, total)
+    return parity.summary() | {"prefill_argmax_agreement": [agree, total]}

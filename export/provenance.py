@@ -11,13 +11,19 @@ from qvl_compile.manifest import SOURCE_KEY, file_record
 
 
 def stamp_source(work_dir: Path, fields: dict[str, Any], digest: str) -> dict[str, Any]:
-    """Write `digest` into the graph's metadata; return the artifact fields with fresh file records."""
-    path = work_dir / fields["files"][0].path
+    """Write `digest` into the metadata of each graph the fields list (the first is the artifact's; a decoder may
+    list its prefill graph too); return the artifact fields with fresh file records."""
+    for record in fields["files"]:
+        if record.path.endswith(".onnx"):
+            _stamp(work_dir / record.path, digest)
+    files = [file_record(work_dir, record.path) for record in fields["files"]]
+    return fields | {"source_sha256": digest, "files": files}
+
+
+def _stamp(path: Path, digest: str) -> None:
     model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
     kept = [prop for prop in model.metadata_props if prop.key != SOURCE_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=SOURCE_KEY, value=digest)
     onnx.save_model(model, str(path))
-    files = [file_record(work_dir, record.path) for record in fields["files"]]
-    return fields | {"source_sha256": digest, "files": files}

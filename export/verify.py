@@ -26,6 +26,7 @@ from qvl_compile.parity import (
     ParityRow,
     compare,
     is_lossy,
+    prefill_int8_tolerance,
     random_pixels,
     shipped_tolerance,
 )
@@ -96,7 +97,9 @@ DECODER_STEPS = 16
 
 def decoder_tolerance(artifact: DecoderArtifact) -> float:
     """fp32: vs transformers. int4: vs transformers with the graph's dequantized weights, at its accuracy level;
-    wider with an int8 KV cache."""
+    wider with an int8 KV cache, and with an int8 prefill graph reading the prompts."""
+    if artifact.prefill:
+        return prefill_int8_tolerance(_accuracy_level(artifact), _kv_cache(artifact))
     return shipped_tolerance(artifact.quant.get("mode", "fp32"), _accuracy_level(artifact), _kv_cache(artifact))
 
 
@@ -112,7 +115,8 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
     """fp32 and INT4 at fp32 activations: logits within tolerance and identical greedy tokens. INT4 at a level
     that quantizes activations (lossy by design): its weights on an accuracy_level 0 copy as above, then the graph
     as shipped within `int4_tolerance(level)`, its greedy tokens reported but not required to match. An int8 KV
-    cache is lossy too: the exact rows run on a copy with an fp32 cache."""
+    cache is lossy too: the exact rows run on a copy with an fp32 cache. So is an int8 prefill graph: the export as
+    shipped reads each prompt with it; the exact rows run the 4-bit graph alone."""
     from qvl_compile.export.checkpoint_files import CheckpointReader
     from qvl_compile.export.decoder_verify import accuracy_level_copy, decoder_reference, routes_experts
     from qvl_compile.export.streamed_reference import checkpoint_source
@@ -123,7 +127,7 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
     skeleton = family.load_skeleton(model_dir)
     source = checkpoint_source(skeleton, CheckpointReader(model_dir))
     graph, mode = export_dir / artifact.graph, artifact.quant.get("mode", "fp32")
-    lossy = is_lossy(mode, _accuracy_level(artifact), _kv_cache(artifact))
+    lossy = is_lossy(mode, _accuracy_level(artifact), _kv_cache(artifact)) or bool(artifact.prefill)
     with decoder_reference(graph, skeleton, family, mode, source) as reference:
         if not lossy:
             return _decoder_case_rows(decoder, reference, family, seed, decoder_tolerance(artifact))
@@ -131,7 +135,8 @@ def decoder_rows(export_dir: Path, model_dir: Path, family: Family, seed: int) -
         # Lossy activations move an MoE router's logits: a token routed to other experts is not an error bound's
         # business (qvl_compile.parity.ROUTED_MIN_AGREEMENT), so its logits are shown, and the weights rows decide.
         shipped = _decoder_case_rows(decoder, reference, family, seed, decoder_tolerance(artifact),
-                                     label=label + (", int8 KV cache" if _kv_cache(artifact) == "int8" else ""),
+                                     label=label + (", int8 KV cache" if _kv_cache(artifact) == "int8" else "")
+                                     + (", int8 prefill graph" if artifact.prefill else ""),
                                      tokens_required=False, logits_required=not routes_experts(graph))
         del decoder  # one session at a time: real-size decoders are gigabytes
         with accuracy_level_copy(graph, 0) as exact_graph:

@@ -12,12 +12,15 @@ from typing import Any
 from qvl_compile.errors import QvlError
 
 FORMAT_PREFIX = "qvl-compile/"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT = f"{FORMAT_PREFIX}{FORMAT_VERSION}"
 MANIFEST_NAME = "manifest.json"
 # Graph metadata key: the digest of the checkpoint a graph was exported from.
 SOURCE_KEY = "qvl_compile.source_sha256"
 KV_IN_PLACE, KV_GROWN = "in_place", "grown"
+# Rows (batch x new tokens) from which the runtime runs an export's int8 prefill graph (export.prefill_int8): at 2B
+# size one layer's projections took 0.53x the 4-bit kernel's time at 8 rows and 2.09x at 1 (docs/perf/prefill_int8_2b.md).
+PREFILL_MIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class DecoderArtifact(Artifact):
     image_token_id: int = -1
     video_token_id: int = -1
     kv_cache: str = KV_IN_PLACE  # in_place: attention_mask input, past/present may share one buffer
+    # The int8 prefill graph (export.prefill_int8), one of `files`: {"graph", "min_rows", ...}; empty: none.
+    prefill: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shape(self) -> DecoderShape:
@@ -186,7 +191,14 @@ def _migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
     return dict(raw, format=f"{FORMAT_PREFIX}2", family="qwen3_vl", model=model, options=options, artifacts=artifacts)
 
 
-MIGRATIONS = {1: _migrate_v1}  # version -> function to version + 1
+def _migrate_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """qvl-compile/2 -> /3: a decoder may list an int8 prefill graph (`DecoderArtifact.prefill`); format 2 had none."""
+    artifacts = {name: dict(artifact, prefill={}) if name == "decoder" else artifact
+                 for name, artifact in raw.get("artifacts", {}).items()}
+    return dict(raw, format=f"{FORMAT_PREFIX}3", artifacts=artifacts)
+
+
+MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2}  # version -> function to version + 1
 
 
 def _version(raw: dict[str, Any], where: str) -> int:

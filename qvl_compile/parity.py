@@ -51,6 +51,16 @@ KV_INT8_TOLERANCE = 1e-1
 ROUTED_MIN_AGREEMENT = 0.9
 
 
+# An int8 prefill graph (export.prefill_int8: int8 weights per column, made from the 4-bit ones, and int8 activations
+# per row) reading the prompt, on top of the 4-bit graph's own bound: PLACEHOLDER.
+PREFILL_INT8_TOLERANCE = 5e-2
+
+
+def prefill_int8_tolerance(accuracy_level: int, kv_cache: str = "fp32") -> float:
+    """The max rel bound of the int8 prefill graph, then the int4 decoder, against the int4 graph's fake-quant reference."""
+    return round(shipped_tolerance("int4", accuracy_level, kv_cache) + PREFILL_INT8_TOLERANCE, 6)
+
+
 def is_lossy(mode: str, accuracy_level: int, kv_cache: str = "fp32") -> bool:
     """A decoder graph that differs from its reference by design: activations quantized or an int8 KV cache."""
     return kv_cache == "int8" or (mode == "int4" and quantizes_activations(accuracy_level))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from qvl_compile.contract import KV_IN_PLACE, DecoderArtifact, DecoderShape
+from qvl_compile.contract import KV_IN_PLACE, PREFILL_MIN_ROWS, DecoderArtifact, DecoderShape
 from qvl_compile.errors import QvlError
 from qvl_compile.manifest import load_artifact
 from qvl_compile.runtime.session import check_source_stamp, make_session
@@ -47,17 +47,29 @@ class KVCache:
 
 
 class TextDecoder:
-    """One decoder graph and session. `forward` runs any number of new tokens on top of a cache."""
+    """One decoder graph and session (and an export's int8 prefill graph, if it has one). `forward` runs any number
+    of new tokens on top of a cache.
+
+    `prefill_graph`: a second graph with the same inputs and cache (export.prefill_int8) that runs every call of at
+    least `prefill_min_rows` rows (batch x new tokens); the first graph runs the others (decoding)."""
 
     def __init__(self, graph_path: str | Path, facts: DecoderShape, providers: list[str] | None = None,
-                 intra_op_threads: int = 0, kv_cache: str = KV_IN_PLACE, profile_prefix: str | None = None):
+                 intra_op_threads: int = 0, kv_cache: str = KV_IN_PLACE, profile_prefix: str | None = None,
+                 prefill_graph: str | Path | None = None, prefill_min_rows: int = PREFILL_MIN_ROWS):
         self.facts = facts
         self.session = make_session(Path(graph_path), providers, intra_op_threads, profile_prefix=profile_prefix)
+        self.prefill_session = None if prefill_graph is None else make_session(
+            Path(prefill_graph), providers, intra_op_threads,
+            profile_prefix=profile_prefix and profile_prefix + "_prefill")
+        self.prefill_min_rows = prefill_min_rows
         past_k, past_v, present_k, present_v = facts.cache_names
         self._past = list(zip(past_k, past_v))
         self._present = [name for pair in zip(present_k, present_v) for name in pair]
         # float32, or int8 for a graph whose attention quantizes its cache (export.kv_cache_int8)
         self.cache_dtype = _cache_dtype(self.session, past_k[0])
+        if self.prefill_session is not None and _cache_dtype(self.prefill_session, past_k[0]) != self.cache_dtype:
+            raise QvlError(f"{prefill_graph}: its KV cache is {_cache_dtype(self.prefill_session, past_k[0]).__name__}, "
+                           f"the decoder's {self.cache_dtype.__name__}; re-export the folder")
         # The contract says how the cache is fed: format-1 exports before in-place caching migrate to "grown".
         self.supports_in_place = kv_cache == KV_IN_PLACE
         self.placeholder_ids: tuple[int, ...] = ()  # image/video pad ids, checked against visual_embeds when set
@@ -67,8 +79,13 @@ class TextDecoder:
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                     verify_hashes: bool = False) -> "TextDecoder":
         graph, artifact, _ = load_artifact(export_dir, "decoder", hashes=verify_hashes)
-        decoder = cls(graph, artifact.shape, providers, intra_op_threads, artifact.kv_cache)
+        prefill = artifact.prefill
+        prefill_graph = graph.with_name(prefill["graph"]) if prefill else None
+        decoder = cls(graph, artifact.shape, providers, intra_op_threads, artifact.kv_cache,
+                      prefill_graph=prefill_graph, prefill_min_rows=int(prefill.get("min_rows", PREFILL_MIN_ROWS)))
         check_source_stamp(decoder.session, artifact, graph)
+        if decoder.prefill_session is not None:
+            check_source_stamp(decoder.prefill_session, artifact, prefill_graph)
         decoder.placeholder_ids = artifact.placeholder_ids
         decoder.artifact = artifact
         return decoder
@@ -118,8 +135,14 @@ class TextDecoder:
             return self._forward_in_place(feeds, cache, seq), cache
         for (key_name, value_name), key, value in zip(self._past, cache.keys, cache.values):
             feeds[key_name], feeds[value_name] = key, value
-        logits, *presents = self.session.run(["logits", *self._present], feeds)
+        logits, *presents = self._session_for(input_ids).run(["logits", *self._present], feeds)
         return logits, KVCache(presents[0::2], presents[1::2])
+
+    def _session_for(self, input_ids: np.ndarray) -> ort.InferenceSession:
+        """The prefill graph's session for `prefill_min_rows` new rows or more (where it has one), else the decoder's."""
+        if self.prefill_session is not None and input_ids.size >= self.prefill_min_rows:
+            return self.prefill_session
+        return self.session
 
     def _media_feeds(self, input_ids: np.ndarray, visual: np.ndarray | None,
                      deepstack: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -158,7 +181,8 @@ class TextDecoder:
         return logits
 
     def _run_bound(self, feeds: dict[str, np.ndarray], buffers) -> np.ndarray:
-        binding = self.session.io_binding()
+        session = self._session_for(feeds["input_ids"])
+        binding = session.io_binding()
         binding.bind_output("logits")  # first bound, first in get_outputs()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
@@ -167,7 +191,7 @@ class TextDecoder:
             binding.bind_ortvalue_input(value_name, value)
             binding.bind_ortvalue_output(self._present[2 * layer], key)  # the same buffer: written in place
             binding.bind_ortvalue_output(self._present[2 * layer + 1], value)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
 
     def forward_rows(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,

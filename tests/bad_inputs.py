@@ -347,6 +347,9 @@ EXPORT_CASES = [
     BadInput("block-size", "export", "--block-size 48",
              lambda c: ["export", c.tiny, c.tmp / "o", "--block-size", 48], "--block-size: expected one of 16, 32",
              needs=("tiny",)),
+    BadInput("prefill-fp32", "export", "--prefill int8 --quant fp32",
+             lambda c: ["export", c.tiny, c.tmp / "o", "--prefill", "int8", "--quant", "fp32"],
+             "--prefill int8: expected --quant int4", needs=("tiny",)),
 ]
 
 

@@ -15,8 +15,15 @@ from qvl_compile.runtime.pipeline import Pipeline
 pytestmark = pytest.mark.torch_free
 
 
+def as_format_2(raw: dict) -> dict:
+    """What format 2 wrote: no prefill graph record in the decoder."""
+    artifacts = {name: {k: v for k, v in artifact.items() if k != "prefill"} for name, artifact in raw["artifacts"].items()}
+    return dict(raw, format="qvl-compile/2", artifacts=artifacts)
+
+
 def as_format_1(raw: dict) -> dict:
     """What qvl-compile 0.1 wrote: no family, no target, no cache mode; text context inside model.text."""
+    raw = as_format_2(raw)
     old = {k: v for k, v in raw.items() if k != "family"}
     old["format"] = "qvl-compile/1"
     old["artifacts"] = {name: {k: v for k, v in artifact.items() if k not in ("target", "kv_cache")}
@@ -49,6 +56,13 @@ def test_format_1_is_migrated(fp32_raw):
     assert migrated == parse_manifest(fp32_raw)
 
 
+def test_format_2_is_migrated(fp32_raw):
+    old = as_format_2(fp32_raw)
+    assert "prefill" not in old["artifacts"]["decoder"]
+    migrated = parse_manifest(old)
+    assert migrated == parse_manifest(fp32_raw) and migrated.artifacts["decoder"].prefill == {}
+
+
 def test_format_1_without_attention_mask_migrates_to_the_grown_cache(fp32_raw):
     old = as_format_1(fp32_raw)
     decoder = old["artifacts"]["decoder"]
@@ -66,9 +80,9 @@ def test_a_format_1_folder_generates_the_same_tokens(golden_exports, fp32_raw, t
 
 @pytest.mark.parametrize(("found", "message"), [
     ("qvl-compile/0", r"format 'qvl-compile/0' is too old to read; re-export with qvl-compile export"),
-    ("qvl-compile/99", r"format 'qvl-compile/99' is newer than this qvl-compile reads \('qvl-compile/2'\); upgrade"),
-    ("something-else", r"expected format 'qvl-compile/2', got 'something-else'"),
-    (None, r"expected format 'qvl-compile/2', got None"),
+    ("qvl-compile/99", r"format 'qvl-compile/99' is newer than this qvl-compile reads \('qvl-compile/3'\); upgrade"),
+    ("something-else", r"expected format 'qvl-compile/3', got 'something-else'"),
+    (None, r"expected format 'qvl-compile/3', got None"),
 ])
 def test_other_formats_are_refused_in_one_line(fp32_raw, found, message):
     with pytest.raises(QvlError, match=message) as caught:
@@ -84,16 +98,16 @@ def test_an_unknown_family_is_refused_in_one_line(golden_exports, fp32_raw, tmp_
         Pipeline(folder)
 
 
-# The fields of format qvl-compile/2. Changing a contract dataclass without bumping FORMAT_VERSION (and adding
+# The fields of format qvl-compile/3. Changing a contract dataclass without bumping FORMAT_VERSION (and adding
 # a migration or a refusal for the old format) fails here.
-FORMAT_2_FIELDS = {
+FORMAT_3_FIELDS = {
     "Manifest": ["format", "family", "source", "model", "versions", "options", "artifacts", "assets"],
     "VisionArtifact": ["files", "inputs", "outputs", "opset", "target", "quant", "export_check", "stage_seconds",
                        "source_sha256", "patch_dim", "spatial_merge_size", "out_hidden_size", "num_deepstack", "fused",
                        "export_grid", "tolerance"],
     "DecoderArtifact": ["files", "inputs", "outputs", "opset", "target", "quant", "export_check", "stage_seconds",
                         "source_sha256", "num_layers", "num_key_value_heads", "head_dim", "hidden_size", "vocab_size",
-                        "num_deepstack", "image_token_id", "video_token_id", "kv_cache"],
+                        "num_deepstack", "image_token_id", "video_token_id", "kv_cache", "prefill"],
     "Target": ["io_dtype", "execution_provider"],
     "FileRecord": ["path", "bytes", "sha256"],
     "TensorRecord": ["name", "dtype", "shape"],
@@ -105,9 +119,9 @@ def test_the_contract_changes_only_with_its_version():
 
     from qvl_compile import contract
 
-    assert contract.FORMAT_VERSION == 2, "a new format: record its fields here and test its migration"
-    found = {name: [f.name for f in fields(getattr(contract, name))] for name in FORMAT_2_FIELDS}
-    assert found == FORMAT_2_FIELDS
+    assert contract.FORMAT_VERSION == 3, "a new format: record its fields here and test its migration"
+    found = {name: [f.name for f in fields(getattr(contract, name))] for name in FORMAT_3_FIELDS}
+    assert found == FORMAT_3_FIELDS
 
 
 @pytest.mark.parametrize("damage", ["drop opset", "extra file field", "drop family"])
