@@ -80,6 +80,17 @@ if [ -n "${LLAMA_CPP:-}" ]; then
     | tee "$out/decoder_2b_block_size.md"
   python bench/e2e_speed.py --ours "$work/e2e" --llama-mtmd "$LLAMA_CPP/$llama_build/bin/llama-mtmd-cli" --gguf "$work/r2b-q4_0.gguf" \
     --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" | tee "$out/e2e_2b_llama_int8.md"
+  # --prefill int8, with the fp32 and the int8 vision graph, beside the default and int8 vision alone
+  for vision in fp32 int8; do
+    if [ ! -d "$work/e2e-p8-$vision" ]; then
+      cp -r "$work/decoder-int4-p8" "$work/e2e-p8-$vision"
+      qvl-compile export "$work/r2b" "$work/e2e-p8-$vision" --component vision --vision-quant "$vision"
+    fi
+  done
+  python bench/e2e_speed.py --ours "$work/e2e-default" --also "int8 prefill graph=$work/e2e-p8-fp32" \
+    --also "int8 vision=$work/e2e" --also "int8 prefill graph, int8 vision=$work/e2e-p8-int8" \
+    --llama-mtmd "$LLAMA_CPP/$llama_build/bin/llama-mtmd-cli" --gguf "$work/r2b-q4_0.gguf" \
+    --mmproj "$work/r2b-mmproj-f32.gguf" --size 448 --new-tokens 64 --threads "$threads" | tee "$out/e2e_2b_llama_prefill_int8.md"
 fi
 
 # Qwen3-VL-MoE 30B-A3B at real width, reduced depth (3 and 8 decoder layers; 64 experts for the doubling check)

@@ -24,9 +24,10 @@ from qvl_compile.registry import Family
 class GraphWeights:
     """The graph's initializers by name, each read from its external data only when asked for."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, proto: onnx.ModelProto | None = None):
+        """`proto`: the graph at `path`, already loaded (its external data, if any, beside `path`)."""
         self.path = Path(path)
-        self.proto = onnx.load(str(path), load_external_data=False)
+        self.proto = proto if proto is not None else onnx.load(str(path), load_external_data=False)
         self._tensors = {t.name: t for t in self.proto.graph.initializer}
 
     def nodes(self, op_type: str) -> list[onnx.NodeProto]:

@@ -28,37 +28,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qvl_compile.contract import PREFILL_MIN_ROWS
 from qvl_compile.errors import QvlError
+from qvl_compile.export.graph_weights import GraphWeights, dequantize_matmul_nbits
+from qvl_compile.export.weight_writer import TensorWriter
 
 log = logging.getLogger(__name__)
 
 PREFILL_FILE = "decoder_prefill.onnx"
 SKIPPED_PREFIX = "lm_head"  # the output projection keeps its MatMulNBits
 INT8_MAX = 127
-
-
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
-
-
-def dequantize_nbits(node: onnx.NodeProto, tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """The float weight [K, N] a MatMulNBits node computes with (bits 4 or 8, optional uint8 zero points)."""
-    attrs = _attributes(node)
-    k, n, bits, block = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
-    if bits not in (4, 8):
-        raise QvlError(f"{node.name}: expected a 4- or 8-bit MatMulNBits, got {bits} bits")
-    blocks = -(-k // block)
-    packed = tensors[node.input[1]].reshape(n, blocks, block * bits // 8)  # [N, K / block, block * bits / 8]
-    codes = packed if bits == 8 else np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, blocks, block)
-    zero = np.full((n, blocks), 2 ** (bits - 1), np.float32)
-    if len(node.input) > 3 and node.input[3]:
-        points = tensors[node.input[3]]
-        if points.dtype != np.uint8:
-            raise QvlError(f"{node.name}: expected uint8 zero points, got {points.dtype}")
-        points = points.reshape(n, -1)
-        zero = (points if bits == 8 else np.stack([points & 15, points >> 4], -1).reshape(n, -1))[:, :blocks]
-    scales = tensors[node.input[2]].reshape(n, blocks)
-    weight = (codes.astype(np.float32) - zero[..., None]) * scales[..., None]  # [N, K / block, block]
-    return np.ascontiguousarray(weight.reshape(n, blocks * block)[:, :k].T)  # [K, N]
 
 
 def int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +48,14 @@ def int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Rewriter:
     """Builds the replacement nodes; an input read by several projections (q, k, v) is quantized once."""
 
-    def __init__(self, tensors: dict[str, onnx.TensorProto]):
-        self.tensors = tensors
+    def __init__(self, weights: GraphWeights, writer: TensorWriter, opset: int):
+        self.weights, self.writer, self.opset = weights, writer, opset
         self.quantized: dict[str, tuple[str, str]] = {}  # input -> (uint8 rows, row scales)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = [
             numpy_helper.from_array(np.array(INT8_MAX, np.float32), "prefill.int8_max"),
             numpy_helper.from_array(np.array(128, np.float32), "prefill.offset"),
             numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, np.float32), "prefill.tiny"),
-            numpy_helper.from_array(np.array([-1], np.int64), "prefill.last_axis"),
             numpy_helper.from_array(np.array(128, np.uint8), "prefill.zero_point"),
         ]
 
@@ -88,7 +64,7 @@ class _Rewriter:
             p = f"prefill.{x}"
             self.nodes += [
                 helper.make_node("Abs", [x], [p + ".abs"]),
-                helper.make_node("ReduceMax", [p + ".abs", "prefill.last_axis"], [p + ".max"], keepdims=1),  # [.., 1]
+                self._row_max(p + ".abs", p + ".max"),  # [.., 1]
                 helper.make_node("Div", [p + ".max", "prefill.int8_max"], [p + ".raw_scale"]),
                 helper.make_node("Max", [p + ".raw_scale", "prefill.tiny"], [p + ".scale"]),  # an all-zero row
                 helper.make_node("Div", [x, p + ".scale"], [p + ".scaled"]),
@@ -99,14 +75,21 @@ class _Rewriter:
             self.quantized[x] = (p + ".u8", p + ".scale")
         return self.quantized[x]
 
+    def _row_max(self, x: str, out: str) -> onnx.NodeProto:
+        """ReduceMax over the last axis, keeping it: axes as an input from opset 18, an attribute before."""
+        if self.opset >= 18:
+            if not any(t.name == "prefill.last_axis" for t in self.initializers):
+                self.initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "prefill.last_axis"))
+            return helper.make_node("ReduceMax", [x, "prefill.last_axis"], [out], keepdims=1)
+        return helper.make_node("ReduceMax", [x], [out], axes=[-1], keepdims=1)
+
     def replace(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
         """The nodes that compute `node`'s output from int8 weights (after any row quantization they need)."""
         start = len(self.nodes)
         rows, row_scale = self._quantize_rows(node.input[0])
-        arrays = {name: numpy_helper.to_array(self.tensors[name]) for name in node.input[1:4] if name}
-        weight, column_scale = int8_columns(dequantize_nbits(node, arrays))
+        weight, column_scale = int8_columns(dequantize_matmul_nbits(node, self.weights).T)  # [K, N], [N]
         p = f"prefill.{node.output[0]}"  # outputs are unique; node names may be empty
-        self.initializers += [numpy_helper.from_array(weight, p + ".weight_int8"),
+        self.initializers += [self.writer.add(p + ".weight_int8", weight),
                               numpy_helper.from_array(column_scale, p + ".column_scale")]
         product = node.output[0] if not _bias(node) else p + ".product"
         self.nodes += [
@@ -124,10 +107,16 @@ def _bias(node: onnx.NodeProto) -> str:
     return node.input[5] if len(node.input) > 5 else ""
 
 
-def prefill_graph(model: onnx.ModelProto) -> int:
-    """Rewrite `model` (weights loaded) in place into the int8 prefill graph; return the projections replaced."""
+def prefill_graph(model: onnx.ModelProto, weights: GraphWeights | None = None, writer: TensorWriter | None = None) -> int:
+    """Rewrite `model` in place into the int8 prefill graph; return the projections replaced.
+
+    `weights` reads the 4-bit tensors (external data where the graph keeps them there; default: the model's own
+    inline tensors), `writer` takes the int8 weights (default: inline). The tensors kept are not copied: an external
+    one still points at the decoder's data file."""
     graph = model.graph
-    rewriter = _Rewriter({t.name: t for t in graph.initializer})  # read one weight at a time, when replaced
+    weights = weights or GraphWeights(Path("inline.onnx"), model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    rewriter = _Rewriter(weights, writer or TensorWriter(None), opset)
     kept, replaced, dropped = [], 0, set()
     for node in graph.node:
         if node.op_type == "MatMulNBits" and not node.input[1].startswith(SKIPPED_PREFIX):
@@ -150,11 +139,15 @@ def prefill_graph(model: onnx.ModelProto) -> int:
 
 
 def write_prefill_graph(decoder_path: Path, out_path: Path) -> dict:
-    """Write the int8 prefill graph of `decoder_path` to `out_path` (+ `.data`); return its manifest record."""
-    model = onnx.load(str(decoder_path))  # with its weights
-    replaced = prefill_graph(model)
-    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + ".data", size_threshold=1024)
+    """Write the int8 prefill graph of `decoder_path` to `out_path` (its int8 weights in `out_path`.data, the tensors
+    it keeps read from the decoder's own files); return its manifest record. One weight in memory at a time."""
+    weights = GraphWeights(decoder_path)
+    writer = TensorWriter(out_path.with_name(out_path.name + ".data"))
+    try:
+        replaced = prefill_graph(weights.proto, weights, writer)
+    finally:
+        writer.close()
+    onnx.save_model(weights.proto, str(out_path))
     log.info("int8 prefill graph: %d projections as MatMulInteger, %s", replaced, out_path.name)
     return {"graph": out_path.name, "min_rows": PREFILL_MIN_ROWS, "projections": replaced,
             "weights": "int8, one scale per output column, from the 4-bit weights",

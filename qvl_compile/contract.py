@@ -19,7 +19,8 @@ MANIFEST_NAME = "manifest.json"
 SOURCE_KEY = "qvl_compile.source_sha256"
 KV_IN_PLACE, KV_GROWN = "in_place", "grown"
 # Rows (batch x new tokens) from which the runtime runs an export's int8 prefill graph (export.prefill_int8): at 2B
-# size one layer's projections took 0.53x the 4-bit kernel's time at 8 rows and 2.09x at 1 (docs/perf/prefill_int8_2b.md).
+# size one layer's projections in its form took 1.91x / 1.18x / 0.31x / 0.28x the 4-bit kernel's time (level 4, block
+# 128) at 1 / 4 / 8 / 64 rows (docs/perf/decoder_kernels_prefill_int8_2b.md, Intel Xeon with AMX).
 PREFILL_MIN_ROWS = 8
 
 

@@ -52,13 +52,16 @@ ROUTED_MIN_AGREEMENT = 0.9
 
 
 # An int8 prefill graph (export.prefill_int8: int8 weights per column, made from the 4-bit ones, and int8 activations
-# per row) reading the prompt, on top of the 4-bit graph's own bound: PLACEHOLDER.
-PREFILL_INT8_TOLERANCE = 5e-2
+# per row) reads the prompt, so whatever the decoder's level its logits carry activation quantization: the bound is
+# level 4's plus this. Measured against the 4-bit graph's fake-quant reference, 16 decode steps after: tiny model
+# (random weights) 2.2e-2, 2B architecture (random weights) 2.7e-2 where level 4 alone gave 1.5e-2.
+PREFILL_INT8_TOLERANCE = 2.5e-2
 
 
 def prefill_int8_tolerance(accuracy_level: int, kv_cache: str = "fp32") -> float:
-    """The max rel bound of the int8 prefill graph, then the int4 decoder, against the int4 graph's fake-quant reference."""
-    return round(shipped_tolerance("int4", accuracy_level, kv_cache) + PREFILL_INT8_TOLERANCE, 6)
+    """The max rel bound of the int8 prefill graph, then the int4 decoder, against the int4 graph's fake-quant
+    reference (`accuracy_level`: the decoder's; the prefill graph quantizes activations at any level)."""
+    return round(shipped_tolerance("int4", max(accuracy_level, 4), kv_cache) + PREFILL_INT8_TOLERANCE, 6)
 
 
 def is_lossy(mode: str, accuracy_level: int, kv_cache: str = "fp32") -> bool:

@@ -3,6 +3,7 @@ prompts; the 4-bit graph decodes from the cache it wrote. The weight conversion 
 MatMulNBits itself computes; the rewritten graph against the original on one-node graphs; the export against
 transformers (its verify step) and on the trained tiny model's tasks; the runtime's choice of graph by rows."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from qvl_compile.contract import PREFILL_MIN_ROWS
 from qvl_compile.errors import QvlError
 from qvl_compile.export.decoder_options import QuantOptions
-from qvl_compile.export.prefill_int8 import PREFILL_FILE, dequantize_nbits, int8_columns, prefill_graph
+from qvl_compile.export.graph_weights import GraphWeights, dequantize_matmul_nbits
+from qvl_compile.export.prefill_int8 import PREFILL_FILE, int8_columns, prefill_graph
 
 OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
 
@@ -40,13 +42,15 @@ def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 
 @pytest.mark.parametrize(("bits", "k", "zero_points"), [(4, 96, False), (4, 80, True), (8, 64, False), (8, 80, True)])
 def test_the_weights_are_those_matmulnbits_computes_with(bits, k, zero_points):
-    """Fed the identity, onnxruntime's MatMulNBits (level 0: fp32 activations) returns its own weight [K, N]."""
+    """Fed the identity, onnxruntime's MatMulNBits (level 0: fp32 activations) returns its own weight [K, N]: the one
+    the prefill graph's int8 weights are made from (export.graph_weights, which the fake-quant reference reads too)."""
     rng = np.random.default_rng(bits * k)
     node, tensors = nbits_node(rng, "x", "y", k, 24, bits, 32, zero_points)
     graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [k, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [k, 24])], tensors)
-    expected = run(helper.make_model(graph, opset_imports=OPSETS), {"x": np.eye(k, dtype=np.float32)})[0]
-    got = dequantize_nbits(node, {t.name: numpy_helper.to_array(t) for t in tensors})
+    model = helper.make_model(graph, opset_imports=OPSETS)
+    expected = run(model, {"x": np.eye(k, dtype=np.float32)})[0]
+    got = dequantize_matmul_nbits(node, GraphWeights(Path("one.onnx"), model)).T
     assert got.shape == (k, 24)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
@@ -76,10 +80,12 @@ def projections_graph(rng, zero_points: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSETS)
 
 
-@pytest.mark.parametrize("zero_points", [False, True])
-def test_the_prefill_graph_computes_what_the_4_bit_graph_does(zero_points):
+@pytest.mark.parametrize(("zero_points", "opset"), [(False, 18), (True, 18), (False, 17)])
+def test_the_prefill_graph_computes_what_the_4_bit_graph_does(zero_points, opset):
+    """At opset 17 ReduceMax takes its axes as an attribute, from 18 as an input."""
     rng = np.random.default_rng(11)
     model = projections_graph(rng, zero_points)
+    model.opset_import[0].version = opset
     x = rng.standard_normal((2, 9, 64)).astype(np.float32)
     x[1, 4] = 0  # an all-zero row (padding) stays zero, not NaN
     expected = run(model, {"x": x})
@@ -198,3 +204,11 @@ def test_verify_reads_the_prompts_with_the_prefill_graph(prefill_export, tiny_di
             if r.name.startswith("decoder")]
     assert any("int8 prefill graph" in r.name for r in rows) and any("int4 weights" in r.name for r in rows)
     assert all(r.passed for r in rows if r.required), [(r.name, r.output, r.max_rel) for r in rows if not r.passed]
+
+
+def test_the_moe_family_is_refused_before_anything_is_written(moe_tiny_dir, tmp_path):
+    from qvl_compile.export.pipeline import export_model
+
+    with pytest.raises(QvlError, match="--prefill int8: expected a dense decoder, got the qwen3_vl_moe family"):
+        export_model(moe_tiny_dir, tmp_path / "out", component="decoder", quant=QuantOptions(prefill="int8"))
+    assert not (tmp_path / "out").exists()
