@@ -185,3 +185,24 @@ def moe_golden_exports(request) -> dict[str, Path]:
             pytest.fail(message)
         pytest.skip(message)
     return {"fp32": request.getfixturevalue("moe_fp32_export"), "int4": request.getfixturevalue("moe_int4_export")}
+
+
+@pytest.fixture(scope="session")
+def prefill_export(request, tmp_path_factory) -> Path:
+    """The tiny model's default export with `--prefill int8` (vision + decoder + decoder_prefill.onnx):
+    QVL_GOLDEN_EXPORTS/int4-prefill when set (as .ci/run builds it), else exported here (needs torch)."""
+    root = os.environ.get("QVL_GOLDEN_EXPORTS")
+    if root:
+        folder = Path(root) / "int4-prefill"
+        if not (folder / "manifest.json").is_file():
+            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected an export with {folder / 'manifest.json'}")
+        return folder
+    if not HAS_TORCH:
+        message = "no prefill export to test: set QVL_GOLDEN_EXPORTS (built with torch; see .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from qvl_compile.export.decoder_options import QuantOptions
+
+    return _export(request.getfixturevalue("tiny_dir"), tmp_path_factory, "prefill-int8", component="all",
+                   quant=QuantOptions(prefill="int8"))
