@@ -80,6 +80,9 @@ class TextDecoder:
                     verify_hashes: bool = False) -> "TextDecoder":
         graph, artifact, _ = load_artifact(export_dir, "decoder", hashes=verify_hashes)
         prefill = artifact.prefill
+        if prefill and prefill.get("graph") not in {record.path for record in artifact.files}:
+            raise QvlError(f"{export_dir}: the decoder's prefill graph {prefill.get('graph')!r} is not one of its files "
+                           "in the manifest; re-export the folder")
         prefill_graph = graph.with_name(prefill["graph"]) if prefill else None
         decoder = cls(graph, artifact.shape, providers, intra_op_threads, artifact.kv_cache,
                       prefill_graph=prefill_graph, prefill_min_rows=int(prefill.get("min_rows", PREFILL_MIN_ROWS)))

@@ -40,3 +40,19 @@ def test_answers_stay_right_with_the_prefill_graph(prefill_export):
     replies = [pipe.generate(case.prompt, images=list(case.images), max_new_tokens=8, greedy=True).text for case in cases]
     right = sum(reply.strip() == case.answer for reply, case in zip(replies, cases))
     assert right >= 7, list(zip(replies, [case.answer for case in cases]))
+
+
+def test_a_prefill_graph_the_manifest_does_not_list_is_refused(prefill_export, tmp_path):
+    import json
+    import shutil
+
+    from qvl_compile.errors import QvlError
+    from qvl_compile.runtime.decoder import TextDecoder
+
+    folder = tmp_path / "edited"
+    shutil.copytree(prefill_export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"]["decoder"]["prefill"]["graph"] = "vision.onnx"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(QvlError, match="the decoder's prefill graph 'vision.onnx' is not one of its files"):
+        TextDecoder.from_export(folder)
