@@ -28,18 +28,17 @@ TORCH_GROUPS = {"weight matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
 
 
 def ours(export_dir: Path, ids: np.ndarray, threads: int) -> tuple[float, dict[str, float]]:
-    """-> (wall ms of the profiled prefill, op type -> kernel ms)."""
-    from qvl_compile.manifest import load_artifact
+    """-> (wall ms of the profiled prefill, op type -> kernel ms). The graph that reads the prompt: the int8 prefill
+    graph where the export has one (`--prefill int8`), else decoder.onnx."""
     from qvl_compile.runtime.decoder import TextDecoder
 
-    graph, artifact, _ = load_artifact(export_dir, "decoder")
     with tempfile.TemporaryDirectory() as scratch:
-        decoder = TextDecoder(graph, artifact.shape, intra_op_threads=threads, kv_cache=artifact.kv_cache,
-                              profile_prefix=str(Path(scratch) / "prefill"))
+        decoder = TextDecoder.from_export(export_dir, intra_op_threads=threads,
+                                          profile_prefix=str(Path(scratch) / "prefill"))
         positions = np.broadcast_to(np.arange(len(ids)), (3, 1, len(ids))).copy()  # [3 axes, batch 1, tokens]
         for _ in range(2):  # warm-up, then the profiled run (the last in the file)
             decoder.forward(ids[None], positions, decoder.empty_cache())
-        events = json.loads(Path(decoder.session.end_profiling()).read_text())
+        events = json.loads(Path(decoder.session_for(ids[None]).end_profiling()).read_text())
     return last_run_by_op(events)
 
 

@@ -211,14 +211,18 @@ CHECK_STAGE = "check (onnx.checker, onnxruntime load)"
 
 
 def check_graph(ctx: ExportContext) -> None:
-    """The check step every spec lists: onnx.checker with full shape inference, then an onnxruntime session
-    on the target's execution provider."""
+    """The check step every spec lists (`check_graph_file` on the component's graph)."""
+    check_graph_file(ctx.path, ctx.target)
+
+
+def check_graph_file(path: Path, target: Target) -> None:
+    """onnx.checker with full shape inference, then an onnxruntime session on the target's execution provider."""
     from qvl_compile.export.ort_schemas import register_onnxruntime_schemas
     from qvl_compile.runtime.session import make_session
 
     register_onnxruntime_schemas()  # e.g. SimplifiedLayerNormalization, written by the RMSNorm fusion
-    onnx.checker.check_model(str(ctx.path), full_check=True)
-    make_session(ctx.path, [ctx.target.execution_provider])
+    onnx.checker.check_model(str(path), full_check=True)
+    make_session(path, [target.execution_provider])
 
 
 @contextlib.contextmanager

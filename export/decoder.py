@@ -26,6 +26,7 @@ from qvl_compile.export.component import (
     GraphPass,
     Step,
     check_graph,
+    check_graph_file,
     export_component,
     graph_files,
 )
@@ -149,15 +150,11 @@ def _verifier(options: QuantOptions):
 
 
 def _prefill_writer(ctx: ExportContext) -> None:
-    from qvl_compile.export.ort_schemas import register_onnxruntime_schemas
     from qvl_compile.export.prefill_int8 import write_prefill_graph
-    from qvl_compile.runtime.session import make_session
 
     path = ctx.work_dir / PREFILL_FILE
     ctx.record["prefill"] = write_prefill_graph(ctx.path, path)
-    register_onnxruntime_schemas()
-    onnx.checker.check_model(str(path), full_check=True)
-    make_session(path, [ctx.target.execution_provider])
+    check_graph_file(path, ctx.target)
 
 
 def _prefill_verifier(options: QuantOptions):

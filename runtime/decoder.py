@@ -77,14 +77,14 @@ class TextDecoder:
 
     @classmethod
     def from_export(cls, export_dir: str | Path, providers: list[str] | None = None, intra_op_threads: int = 0,
-                    verify_hashes: bool = False) -> "TextDecoder":
+                    verify_hashes: bool = False, profile_prefix: str | None = None) -> "TextDecoder":
         graph, artifact, _ = load_artifact(export_dir, "decoder", hashes=verify_hashes)
         prefill = artifact.prefill
         if prefill and prefill.get("graph") not in {record.path for record in artifact.files}:
             raise QvlError(f"{export_dir}: the decoder's prefill graph {prefill.get('graph')!r} is not one of its files "
                            "in the manifest; re-export the folder")
         prefill_graph = graph.with_name(prefill["graph"]) if prefill else None
-        decoder = cls(graph, artifact.shape, providers, intra_op_threads, artifact.kv_cache,
+        decoder = cls(graph, artifact.shape, providers, intra_op_threads, artifact.kv_cache, profile_prefix,
                       prefill_graph=prefill_graph, prefill_min_rows=int(prefill.get("min_rows", PREFILL_MIN_ROWS)))
         check_source_stamp(decoder.session, artifact, graph)
         if decoder.prefill_session is not None:
@@ -138,10 +138,10 @@ class TextDecoder:
             return self._forward_in_place(feeds, cache, seq), cache
         for (key_name, value_name), key, value in zip(self._past, cache.keys, cache.values):
             feeds[key_name], feeds[value_name] = key, value
-        logits, *presents = self._session_for(input_ids).run(["logits", *self._present], feeds)
+        logits, *presents = self.session_for(input_ids).run(["logits", *self._present], feeds)
         return logits, KVCache(presents[0::2], presents[1::2])
 
-    def _session_for(self, input_ids: np.ndarray) -> ort.InferenceSession:
+    def session_for(self, input_ids: np.ndarray) -> ort.InferenceSession:
         """The prefill graph's session for `prefill_min_rows` new rows or more (where it has one), else the decoder's."""
         if self.prefill_session is not None and input_ids.size >= self.prefill_min_rows:
             return self.prefill_session
@@ -184,7 +184,7 @@ class TextDecoder:
         return logits
 
     def _run_bound(self, feeds: dict[str, np.ndarray], buffers) -> np.ndarray:
-        session = self._session_for(feeds["input_ids"])
+        session = self.session_for(feeds["input_ids"])
         binding = session.io_binding()
         binding.bind_output("logits")  # first bound, first in get_outputs()
         for name, array in feeds.items():

@@ -103,6 +103,24 @@ def int4_export(tiny_dir, tmp_path_factory):
     return _export(tiny_dir, tmp_path_factory, "int4", component="decoder", quant=QuantOptions(accuracy_level=1))
 
 
+def built_exports(subfolders: dict[str, str], missing_message: str) -> dict[str, Path] | None:
+    """{name: QVL_GOLDEN_EXPORTS/subfolder} when that variable is set (as .ci/run builds them; each must hold a
+    manifest); None where torch is installed, so the caller exports them here; else the test is skipped (failed
+    under CI) with `missing_message`."""
+    root = os.environ.get("QVL_GOLDEN_EXPORTS")
+    if root:
+        folders = {name: Path(root) / subfolder for name, subfolder in subfolders.items()}
+        missing = [str(f / "manifest.json") for f in folders.values() if not (f / "manifest.json").is_file()]
+        if missing:
+            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected exports with {', '.join(missing)}")
+        return folders
+    if HAS_TORCH:
+        return None
+    if os.environ.get("CI"):
+        pytest.fail(missing_message)
+    pytest.skip(missing_message)
+
+
 @pytest.fixture(scope="session")
 def golden_exports(request) -> dict[str, Path]:
     """{"fp32": vision + fp32 decoder export, "int4": INT4 decoder export} of the tiny model.
@@ -110,20 +128,10 @@ def golden_exports(request) -> dict[str, Path]:
     From QVL_GOLDEN_EXPORTS (a folder with fp32/ and int4/, as .ci/run builds it) when set, else
     exported here (needs torch).
     """
-    root = os.environ.get("QVL_GOLDEN_EXPORTS")
-    if root:
-        folders = {name: Path(root) / name for name in ("fp32", "int4")}
-        missing = [str(f / "manifest.json") for f in folders.values() if not (f / "manifest.json").is_file()]
-        if missing:
-            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected exports with {', '.join(missing)}")
-        return folders
-    if not HAS_TORCH:
-        message = ("no exports to test: set QVL_GOLDEN_EXPORTS to a folder holding fp32/ and int4/ exports of the "
-                   "tiny model (built with torch; see .ci/run)")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return {"fp32": request.getfixturevalue("fp32_export"), "int4": request.getfixturevalue("int4_export")}
+    built = built_exports({"fp32": "fp32", "int4": "int4"},
+                          "no exports to test: set QVL_GOLDEN_EXPORTS to a folder holding fp32/ and int4/ exports of the "
+                          "tiny model (built with torch; see .ci/run)")
+    return built or {"fp32": request.getfixturevalue("fp32_export"), "int4": request.getfixturevalue("int4_export")}
 
 
 def write_random_video(path, frames: int, height: int, width: int, fps: int, seed: int = 0):
@@ -172,36 +180,20 @@ def moe_int4_export(moe_tiny_dir, tmp_path_factory):
 def moe_golden_exports(request) -> dict[str, Path]:
     """{"fp32": ..., "int4": ...} exports of the tiny MoE: QVL_GOLDEN_EXPORTS/moe-fp32 and moe-int4 when set, else
     exported here (needs torch)."""
-    root = os.environ.get("QVL_GOLDEN_EXPORTS")
-    if root:
-        folders = {name: Path(root) / f"moe-{name}" for name in ("fp32", "int4")}
-        missing = [str(f / "manifest.json") for f in folders.values() if not (f / "manifest.json").is_file()]
-        if missing:
-            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected exports with {', '.join(missing)}")
-        return folders
-    if not HAS_TORCH:
-        message = "no MoE exports to test: set QVL_GOLDEN_EXPORTS (built with torch; see .ci/run)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return {"fp32": request.getfixturevalue("moe_fp32_export"), "int4": request.getfixturevalue("moe_int4_export")}
+    built = built_exports({"fp32": "moe-fp32", "int4": "moe-int4"},
+                          "no MoE exports to test: set QVL_GOLDEN_EXPORTS (built with torch; see .ci/run)")
+    return built or {"fp32": request.getfixturevalue("moe_fp32_export"),
+                     "int4": request.getfixturevalue("moe_int4_export")}
 
 
 @pytest.fixture(scope="session")
 def prefill_export(request, tmp_path_factory) -> Path:
     """The tiny model's default export with `--prefill int8` (vision + decoder + decoder_prefill.onnx):
     QVL_GOLDEN_EXPORTS/int4-prefill when set (as .ci/run builds it), else exported here (needs torch)."""
-    root = os.environ.get("QVL_GOLDEN_EXPORTS")
-    if root:
-        folder = Path(root) / "int4-prefill"
-        if not (folder / "manifest.json").is_file():
-            pytest.fail(f"QVL_GOLDEN_EXPORTS={root}: expected an export with {folder / 'manifest.json'}")
-        return folder
-    if not HAS_TORCH:
-        message = "no prefill export to test: set QVL_GOLDEN_EXPORTS (built with torch; see .ci/run)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    built = built_exports({"prefill": "int4-prefill"},
+                          "no prefill export to test: set QVL_GOLDEN_EXPORTS (built with torch; see .ci/run)")
+    if built:
+        return built["prefill"]
     from qvl_compile.export.decoder_options import QuantOptions
 
     return _export(request.getfixturevalue("tiny_dir"), tmp_path_factory, "prefill-int8", component="all",
