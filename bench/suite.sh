@@ -38,6 +38,7 @@ python bench/bandwidth.py --threads "$threads" --export "$work/decoder-int4" --c
 python bench/vision_int8_weights.py "$work/vision-fp32" --threads "$threads" | tee "$out/vision_int8_weights_2b.md"
 python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" \
   --names "ours fp32" "ours int8" --threads "$threads" --markdown "$out/vision_2b.md" --plot "$out/vision_2b_latency.png"
+python bench/vision_attention.py --rounds 3 --threads "$threads" --markdown "$out/vision_attention_2b.md"
 python bench/vision_speed.py --torch "$work/r2b" --ours "$work/vision-fp32" --ours "$work/vision-int8" --names "ours fp32" "ours int8" \
   --workload "image 448x448" --workload "image 896x896" --workload "video 8 frames 448x448" --threads "$threads" \
   --markdown "$out/vision_2b_targets.md"

@@ -4,6 +4,8 @@
 (trip count = num_grids, a shape), each iteration slicing its `t*h*w` rows, viewing them as a batch
 of `t` frames `[t, h*w, hidden]` and running ONNX Runtime's maskless `com.microsoft.MultiHeadAttention`.
 No mask is ever built: cost is sum over frames of (h*w)^2, and a single image takes the fast path.
+`rotate_rows_onnx` lowers the vision tower's `qvl_compile::rotate_rows` to `com.microsoft.RotaryEmbedding`.
+`vision_translation_table()` is the vision tower's whole table (the export and `analyze --rewritten` share it).
 """
 from __future__ import annotations
 
@@ -43,6 +45,26 @@ def frame_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, grid_thw: INT64
         attn = msft.MultiHeadAttention(q, k, v, num_heads=num_heads)  # [t, h*w, hidden]
         out = op.Concat(out, op.Reshape(attn, flat_shape), axis=0)
     return out
+
+
+@onnxscript.script(default_opset=op)
+def rotate_rows_onnx(x: FLOAT, cos: FLOAT, sin: FLOAT, num_heads: int) -> FLOAT:
+    """`qvl_compile::rotate_rows` as onnxruntime's RotaryEmbedding over one batch of N rows: position_ids [1] = 0
+    is the offset of row 0, so row n reads cos/sin row n (cos/sin [N, hd/2]); rotate-half pairs (interleaved=0)."""
+    axis0 = op.Constant(value_ints=[0])
+    batch = op.Unsqueeze(x, axis0)  # [1, N, heads*hd]
+    rotated = msft.RotaryEmbedding(batch, op.Constant(value_ints=[0]), cos, sin, num_heads=num_heads, interleaved=0)
+    return op.Squeeze(rotated, axis0)  # [N, heads*hd]
+
+
+def vision_translation_table() -> dict:
+    """The vision tower's opaque ops -> their ONNX lowerings, for torch.onnx's custom_translation_table."""
+    import torch
+
+    from qvl_compile.rewrite import attention, rotary  # noqa: F401 - registers torch.ops.qvl_compile
+
+    return {torch.ops.qvl_compile.frame_attention.default: frame_attention_onnx,
+            torch.ops.qvl_compile.rotate_rows.default: rotate_rows_onnx}
 
 
 @onnxscript.script(default_opset=op)

@@ -68,11 +68,9 @@ def _dynamic_shapes(ctx: ExportContext) -> dict:
 
 
 def _translation_table() -> dict:
-    import torch
+    from qvl_compile.export.onnx_functions import vision_translation_table
 
-    from qvl_compile.export.onnx_functions import frame_attention_onnx
-
-    return {torch.ops.qvl_compile.frame_attention.default: frame_attention_onnx}
+    return vision_translation_table()
 
 
 def _fuse(ctx: ExportContext) -> None:

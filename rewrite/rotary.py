@@ -1,4 +1,8 @@
-"""Interleaved multimodal RoPE as one opaque op, lowered to onnxruntime's `com.microsoft.MRotaryEmbedding`.
+"""Rotary embeddings as opaque ops, each lowered to one onnxruntime node per rotated tensor.
+
+`mrope_rotate` (decoder): interleaved multimodal RoPE, lowered to `com.microsoft.MRotaryEmbedding`.
+`rotate_rows` (vision tower): the 2-D axial rotary, one angle row per patch, lowered to
+`com.microsoft.RotaryEmbedding` (the elementwise form is 6 nodes per tensor: Split, Neg, Concat, Mul, Mul, Add).
 
 The elementwise form (q * cos + rotate_half(q) * sin, with cos/sin picked per frequency from the t, h or w
 position row) costs 14 small nodes per decoder layer; `MRotaryEmbedding` does the same in one node per tensor.
@@ -46,4 +50,20 @@ def mrope_rotate(x: torch.Tensor, row_index: torch.Tensor, cos_rows: torch.Tenso
 
 @mrope_rotate.register_fake
 def _mrope_rotate_shape(x, row_index, cos_rows, sin_rows, num_heads, mrope_section):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("qvl_compile::rotate_rows", mutates_args=())
+def rotate_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotate x [N, heads*hd] (rotate-half pairs) by row n's angles: cos/sin [N, hd/2] -> [N, heads*hd]."""
+    rows, width = x.shape
+    heads = x.reshape(rows, num_heads, width // num_heads)  # [N, heads, hd]
+    half = heads.shape[-1] // 2
+    cos, sin = (torch.cat([c, c], dim=-1)[:, None, :] for c in (cos, sin))  # [N, 1, hd]
+    rotated = torch.cat((-heads[..., half:], heads[..., :half]), dim=-1)
+    return (heads * cos + rotated * sin).reshape(rows, width)
+
+
+@rotate_rows.register_fake
+def _rotate_rows_shape(x, cos, sin, num_heads):
     return torch.empty_like(x)

@@ -13,15 +13,11 @@ from torch import nn
 
 from qvl_compile.rewrite.attention import frame_attention
 from qvl_compile.rewrite.positions import interpolated_position_embedding, patch_coordinates, rotary_cos_sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+from qvl_compile.rewrite.rotary import rotate_rows
 
 
 class RewrittenVisionBlock(nn.Module):
-    """One `Qwen3VLVisionBlock` with its attention split replaced by `frame_attention`."""
+    """One `Qwen3VLVisionBlock`: its attention split replaced by `frame_attention`, its rotary by `rotate_rows`."""
 
     def __init__(self, hf_block: nn.Module, num_heads: int):
         super().__init__()
@@ -30,16 +26,12 @@ class RewrittenVisionBlock(nn.Module):
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """x [N, hidden]; cos/sin [N, head_dim/2], the angles of each patch's rotary pairs."""
         num_patches, hidden = x.shape
-        qkv = self.qkv(self.norm1(x)).reshape(num_patches, 3, self.num_heads, -1)  # [N, 3, heads, head_dim]
-        q, k, v = qkv.unbind(1)  # each [N, heads, head_dim]
-        cos, sin = cos[:, None, :], sin[:, None, :]  # [N, 1, head_dim]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        attn = frame_attention(
-            q.reshape(num_patches, hidden), k.reshape(num_patches, hidden), v.reshape(num_patches, hidden),
-            grid_thw, self.num_heads,
-        )  # [N, hidden]
+        q, k, v = self.qkv(self.norm1(x)).reshape(num_patches, 3, hidden).unbind(1)  # each [N, hidden]
+        q = rotate_rows(q, cos, sin, self.num_heads)
+        k = rotate_rows(k, cos, sin, self.num_heads)
+        attn = frame_attention(q, k, v, grid_thw, self.num_heads)  # [N, hidden]
         x = x + self.proj(attn)
         return x + self.mlp(self.norm2(x))
 
@@ -69,7 +61,9 @@ class RewrittenVisionTower(nn.Module):
 
         coords = patch_coordinates(grid_thw, x.shape[0], self.merge_size)
         x = x + interpolated_position_embedding(coords, self.pos_table).to(x.dtype)
-        cos, sin = rotary_cos_sin(coords, self.inv_freq)  # [N, head_dim] each
+        cos, sin = rotary_cos_sin(coords, self.inv_freq)  # [N, head_dim] each: the half angles twice
+        half = cos.shape[-1] // 2
+        cos, sin = cos[:, :half], sin[:, :half]  # [N, head_dim/2]
 
         deepstack = []
         for index, block in enumerate(self.blocks):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from qvl_compile.export.analysis.calls import Call, FlatModule, flatten, output_tensors, tensorize_varying_ints
-from qvl_compile.export.onnx_functions import OPSET, frame_attention_onnx
+from qvl_compile.export.onnx_functions import OPSET, vision_translation_table
 from qvl_compile.parity import FP32_TOLERANCE, max_rel
 from qvl_compile.rewrite import attention as _registers_frame_attention  # noqa: F401 - torch.ops.qvl_compile
 
@@ -113,8 +113,8 @@ def _export(flat: FlatModule, leaves: list[torch.Tensor], dims: list[list[int]],
         else:
             auto = torch.export.Dim.AUTO
             shapes = tuple({d: auto for d in ds} for ds in dims)
-            # Our rewrite's attention op translates as export/vision.py translates it; stock code never calls it.
-            table = {torch.ops.qvl_compile.frame_attention.default: frame_attention_onnx}
+            # Our rewrite's opaque ops translate as export/vision.py translates them; stock code never calls them.
+            table = vision_translation_table()
             torch.onnx.export(flat, tuple(leaves), str(path), dynamo=True, input_names=names, opset_version=OPSET,
                               dynamic_shapes={"tensors": shapes}, custom_translation_table=table, verbose=False,
                               optimize=False)
