@@ -2,7 +2,7 @@
 
 `mrope_rotate` (decoder): interleaved multimodal RoPE, lowered to `com.microsoft.MRotaryEmbedding`.
 `rotate_rows` (vision tower): the 2-D axial rotary, one angle row per patch, lowered to
-`com.microsoft.RotaryEmbedding` (the elementwise form is 6 nodes per tensor: Split, Neg, Concat, Mul, Mul, Add).
+`com.microsoft.RotaryEmbedding` (the elementwise form is two Slices, Neg, Concat, two Muls and Add per tensor).
 
 The elementwise form (q * cos + rotate_half(q) * sin, with cos/sin picked per frequency from the t, h or w
 position row) costs 14 small nodes per decoder layer; `MRotaryEmbedding` does the same in one node per tensor.
