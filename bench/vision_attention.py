@@ -7,6 +7,7 @@ fp32 `com.microsoft.MultiHeadAttention` although int8 weights made its linear la
 Forms, each one onnxruntime session over q, k, v `[1, tokens, heads*head_dim]` (one frame: 784 tokens is a
 448x448 image, 3,136 a 896x896 one):
 - `MultiHeadAttention fp32` (what the vision graph runs); `MultiHeadAttention fp16` (inputs cast to fp16 and back);
+- `Attention (ONNX opset 23) fp32`: the standard op's CPU kernel (our graphs are opset 18);
 - `unfused fp32`: MatMul, Softmax, MatMul over the full score matrix;
 - `QK int8`: Q (uint8, one scale per row) x K^T (int8, one scale per key) by MatMulInteger, rescaled, Softmax,
   fp32 MatMul with V: the form that could use the int8 GEMM (AMX / VNNI) for half the FLOPs;
@@ -116,6 +117,9 @@ def build_forms(heads: int, head_dim: int) -> dict[str, bytes]:
         helper.make_node("Cast", ["out16"], ["out"], to=FLOAT)]
     forms = {"MultiHeadAttention fp32": helper.make_model(helper.make_graph([mha], "mha", io, out), opset_imports=opsets),
              "MultiHeadAttention fp16": helper.make_model(helper.make_graph(half, "mha16", io, out), opset_imports=opsets)}
+    onnx_attention = helper.make_node("Attention", ["q", "k", "v"], ["out"], q_num_heads=heads, kv_num_heads=heads)
+    forms["Attention (ONNX opset 23) fp32"] = helper.make_model(
+        helper.make_graph([onnx_attention], "attention23", io, out), opset_imports=[helper.make_opsetid("", 23)])
     for name, body in bodies.items():
         forms[name] = helper.make_model(helper.make_graph(_heads(heads, head_dim) + body, name, io, out),
                                         opset_imports=opsets)

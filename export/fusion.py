@@ -54,7 +54,7 @@ def fuse_gelu(path: Path, external: bool) -> dict[str, int]:
     with _quiet_fusion_log():
         FusionFastGelu(model).apply()
         FusionGelu(model).apply()
-    model.topological_sort()  # fused nodes are appended at the end
+    _sort_nodes(model.model.graph)  # fused nodes are appended at the end
     counts = _counts(model.model.graph, ("FastGelu", "Gelu"))
     for stale in [path, path.with_name(path.name + ".data")]:
         stale.unlink(missing_ok=True)
@@ -64,16 +64,27 @@ def fuse_gelu(path: Path, external: bool) -> dict[str, int]:
     return counts
 
 
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The names a node reads: its inputs, and those its subgraphs (If branches, Loop bodies) read from outside."""
+    names = list(node.input)
+    for attribute in node.attribute:
+        for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+            for inner in subgraph.node:
+                names += _reads(inner)  # names made inside are never produced outside (no shadowing in ONNX)
+    return names
+
+
 def _sort_nodes(graph: onnx.GraphProto) -> None:
-    """Order the nodes so each follows the producers of its inputs (stable otherwise). Unlike
-    onnxruntime's `OnnxModel.topological_sort`, an input nothing produces counts as available: in a
-    weightless graph the weights are neither initializers nor graph inputs yet."""
+    """Order the nodes so each follows the producers of what it reads (stable otherwise). Unlike
+    onnxruntime's `OnnxModel.topological_sort`, an input nothing produces counts as available (in a
+    weightless graph the weights are neither initializers nor graph inputs yet), and what an If or Loop's
+    subgraphs read from the outer graph counts as read by the node."""
     producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
     order: list[int] = []
     state: dict[int, bool] = {}  # False: being visited, True: placed
 
     def visit(index: int) -> None:
-        stack = [(index, iter(graph.node[index].input))]
+        stack = [(index, iter(_reads(graph.node[index])))]
         state[index] = False
         while stack:
             current, inputs = stack[-1]
@@ -81,7 +92,7 @@ def _sort_nodes(graph: onnx.GraphProto) -> None:
                 parent = producer.get(name)
                 if parent is not None and parent not in state:
                     state[parent] = False
-                    stack.append((parent, iter(graph.node[parent].input)))
+                    stack.append((parent, iter(_reads(graph.node[parent]))))
                     break
                 if parent is not None and state[parent] is False:
                     raise ValueError(f"the graph has a cycle through node {graph.node[parent].name!r}")

@@ -1,9 +1,10 @@
 """ONNX lowerings of the rewrite's opaque ops, written in onnxscript.
 
-`frame_attention_onnx` lowers `qvl_compile::frame_attention`: an ONNX Loop over the grid entries
-(trip count = num_grids, a shape), each iteration slicing its `t*h*w` rows, viewing them as a batch
-of `t` frames `[t, h*w, hidden]` and running ONNX Runtime's maskless `com.microsoft.MultiHeadAttention`.
-No mask is ever built: cost is sum over frames of (h*w)^2, and a single image takes the fast path.
+`frame_attention_onnx` lowers `qvl_compile::frame_attention` to ONNX Runtime's maskless
+`com.microsoft.MultiHeadAttention` over frames: an If on whether every grid entry has the same frame length
+h*w. If so (one image, one video, same-size images) all rows are one batch of sum(t) frames; if not, an ONNX
+Loop over the grid entries (trip count = num_grids, a shape) slices each entry's `t*h*w` rows as a batch of
+`t` frames `[t, h*w, hidden]`. No mask is ever built: cost is the sum over frames of (h*w)^2.
 `rotate_rows_onnx` lowers the vision tower's `qvl_compile::rotate_rows` to `com.microsoft.RotaryEmbedding`.
 `vision_translation_table()` is the vision tower's whole table (the export and `analyze --rewritten` share it).
 """
@@ -30,20 +31,30 @@ def frame_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, grid_thw: INT64
     ends = op.CumSum(counts, op.Constant(value_int=0))  # [G]
     starts = op.Sub(ends, counts)  # [G]
     num_grids = op.Squeeze(op.Shape(grid, start=0, end=1))
-    out = op.Slice(query, axis0, axis0, axis0)  # [0, hidden], grows by one entry per iteration
-    for i in range(num_grids):
-        index = op.Reshape(i, one)  # [1]
-        start = op.Gather(starts, index)
-        stop = op.Gather(ends, index)
-        thw = op.Squeeze(op.Gather(grid, index, axis=0), axis0)  # [3]
-        frames = op.Slice(thw, axis0, one)  # [1] = t
-        frame_len = op.ReduceProd(op.Slice(thw, one, op.Constant(value_ints=[3])), keepdims=1)  # [1] = h*w
-        batch_shape = op.Concat(frames, frame_len, hidden, axis=0)  # [t, h*w, hidden]
-        q = op.Reshape(op.Slice(query, start, stop, axis0), batch_shape)
-        k = op.Reshape(op.Slice(key, start, stop, axis0), batch_shape)
-        v = op.Reshape(op.Slice(value, start, stop, axis0), batch_shape)
-        attn = msft.MultiHeadAttention(q, k, v, num_heads=num_heads)  # [t, h*w, hidden]
-        out = op.Concat(out, op.Reshape(attn, flat_shape), axis=0)
+    frame_lens = op.ReduceProd(op.Slice(grid, one, op.Constant(value_ints=[3]), one), one, keepdims=0)  # [G] h*w
+    frame_len = op.ReduceMax(frame_lens, keepdims=1)  # [1]
+    if op.Equal(op.ReduceMin(frame_lens, keepdims=0), op.ReduceMax(frame_lens, keepdims=0)):
+        # One frame length throughout (one image, one video, same-size images): all sum(t) frames in one batch,
+        # no slicing and no concatenation.
+        batch_shape = op.Concat(op.Constant(value_ints=[-1]), frame_len, hidden, axis=0)  # [sum t, h*w, hidden]
+        attn = msft.MultiHeadAttention(op.Reshape(query, batch_shape), op.Reshape(key, batch_shape),
+                                       op.Reshape(value, batch_shape), num_heads=num_heads)  # [sum t, h*w, hidden]
+        out = op.Reshape(attn, flat_shape)
+    else:
+        out = op.Slice(query, axis0, axis0, axis0)  # [0, hidden], grows by one entry per iteration
+        for i in range(num_grids):
+            index = op.Reshape(i, one)  # [1]
+            start = op.Gather(starts, index)
+            stop = op.Gather(ends, index)
+            thw = op.Squeeze(op.Gather(grid, index, axis=0), axis0)  # [3]
+            frames = op.Slice(thw, axis0, one)  # [1] = t
+            entry_len = op.ReduceProd(op.Slice(thw, one, op.Constant(value_ints=[3])), keepdims=1)  # [1] = h*w
+            entry_shape = op.Concat(frames, entry_len, hidden, axis=0)  # [t, h*w, hidden]
+            q = op.Reshape(op.Slice(query, start, stop, axis0), entry_shape)
+            k = op.Reshape(op.Slice(key, start, stop, axis0), entry_shape)
+            v = op.Reshape(op.Slice(value, start, stop, axis0), entry_shape)
+            entry = msft.MultiHeadAttention(q, k, v, num_heads=num_heads)  # [t, h*w, hidden]
+            out = op.Concat(out, op.Reshape(entry, flat_shape), axis=0)
     return out
 
 

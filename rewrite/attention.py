@@ -1,11 +1,12 @@
-"""Per-frame attention as one opaque op, so the exporter can lower it to an ONNX Loop.
+"""Per-frame attention as one opaque op, so the exporter can lower it to ONNX If / Loop control flow.
 
 Replaces the `cu_seqlens` / `torch.split(..., lengths.tolist())` split in transformers'
 `Qwen3VLVisionAttention.forward`. Each frame of each grid entry is its own attention segment
 (a video attends within each frame only). The op's eager kernel below is the PyTorch meaning;
-`qvl_compile.export.onnx_functions.frame_attention_onnx` is its ONNX lowering: a Loop over grid
-entries, each running maskless attention over its `t` frames as one batch, so time and memory grow
-with the sum of squared frame lengths, not the square of the total patch count.
+`qvl_compile.export.onnx_functions.frame_attention_onnx` is its ONNX lowering: maskless attention over
+all frames as one batch when every grid entry has the same frame length, else a Loop over grid entries,
+each over its `t` frames as one batch; time and memory grow with the sum of squared frame lengths, not
+the square of the total patch count.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ def test_every_form_computes_attention():
     finally:
         sys.path.pop(0)
     results = measure(tokens=48, heads=2, head_dim=16, rounds=1, threads=1)
-    assert set(results) >= {"MultiHeadAttention fp32", "unfused fp32", "QK int8", "QK and PV int8", "PyTorch sdpa fp32"}
+    assert set(results) >= {"MultiHeadAttention fp32", "MultiHeadAttention fp16", "Attention (ONNX opset 23) fp32",
+                            "unfused fp32", "QK int8", "QK and PV int8", "PyTorch sdpa fp32"}
     for name, (times, cosine) in results.items():
         assert len(times) == 1 and times[0] > 0, name
         bound = 0.9999 if "int8" not in name and "fp16" not in name else 0.999  # 8-bit forms are approximations

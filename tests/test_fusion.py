@@ -65,3 +65,15 @@ def test_sort_puts_producers_first_and_refuses_a_cycle():
     cyclic = helper.make_graph([c("Relu", ["b"], ["a"]), c("Neg", ["a"], ["b"])], "g", [], [])
     with pytest.raises(ValueError, match="cycle"):
         _sort_nodes(cyclic)
+
+
+def test_sort_counts_what_an_if_branch_reads_from_outside():
+    """An If whose only input is its condition, but whose branch reads an outer value made later in node order
+    (as after a fusion appends nodes), is placed after that value's producer."""
+    c = helper.make_node
+    branch = helper.make_graph([c("Identity", ["made_late"], ["picked"])], "branch", [],
+                               [helper.make_tensor_value_info("picked", TensorProto.FLOAT, None)])
+    graph = helper.make_graph([c("If", ["cond"], ["out"], then_branch=branch, else_branch=branch),
+                               c("Neg", ["x"], ["made_late"])], "g", [], [])
+    _sort_nodes(graph)
+    assert [node.op_type for node in graph.node] == ["Neg", "If"]

@@ -65,14 +65,18 @@ def test_index_math_is_int64_and_attention_is_per_segment(vision_export):
     assert onnx.TensorProto.INT32 not in casts_to
     assert not [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32]
     top = collections.Counter(n.op_type for n in model.graph.node)
-    # Attention lives only inside the per-grid Loop bodies, one Loop per block, maskless.
-    assert top["Loop"] == 4
+    # Attention lives only inside one If per block: one batch of frames when every grid entry has the same frame
+    # length, else a per-grid Loop; maskless either way.
+    assert top["If"] == 4 and top["Loop"] == 0
     assert top["MultiHeadAttention"] == 0 and top["Softmax"] == 0
-    for loop in (n for n in model.graph.node if n.op_type == "Loop"):
-        body = collections.Counter(n.op_type for n in loop.attribute[0].g.node)
-        assert body["MultiHeadAttention"] == 1
-        mha = next(n for n in loop.attribute[0].g.node if n.op_type == "MultiHeadAttention")
-        assert len([i for i in mha.input if i]) == 3  # q, k, v only: no bias, no mask, no past
+    for branch_node in (n for n in model.graph.node if n.op_type == "If"):
+        branches = {a.name: a.g for a in branch_node.attribute}
+        loops = [n for n in branches["else_branch"].node if n.op_type == "Loop"]
+        assert len(loops) == 1
+        for graph in (branches["then_branch"], loops[0].attribute[0].g):
+            attention = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+            assert len(attention) == 1
+            assert len([i for i in attention[0].input if i]) == 3  # q, k, v only: no bias, no mask, no past
 
 
 def test_graph_alone_refuses_int32_grid_with_a_clear_error(vision_export):

@@ -1,8 +1,8 @@
 """What `vision.onnx` does with bad (pixel_values, grid_thw) when they bypass VisionEncoder's checks.
 
 VisionEncoder refuses each of these with a one-line QvlError before onnxruntime runs (the second test).
-The graph itself has no assertion op: most bad grids make onnxruntime fail inside a kernel (GatherND or
-a Loop's Reshape) with a long message, and grid rows with zero patches pass silently as empty media.
+The graph itself has no assertion op: most bad grids make onnxruntime fail inside a kernel (GatherND, or
+a Reshape inside the attention's If or Loop) with a long message, and grid rows with zero patches pass silently as empty media.
 The README's table states these; this test keeps it true.
 """
 import numpy as np
@@ -47,7 +47,7 @@ def _pixels(rows):
 def test_raw_graph_behaviour(raw_session, name, rows, grid, raw, _):
     feeds = {"pixel_values": _pixels(rows), "grid_thw": np.asarray(grid, np.int64)}
     if raw == "error":
-        with pytest.raises(Exception, match="Non-zero status code returned while running (GatherND|Loop)"):
+        with pytest.raises(Exception, match="Non-zero status code returned while running (GatherND|Loop|If)"):
             raw_session.run(None, feeds)
     else:
         embeds, deepstack = raw_session.run(None, feeds)
