@@ -34,7 +34,7 @@ def read_bandwidth(gib: float = 1.0, threads: int = 2, passes: int = 7) -> float
 
 
 # Ops that read rows of the embedding table: input 0 is the table; GatherBlockQuantized's other tensor inputs are
-# its scales and zero points, read a row at a time too.
+# its scales and zero points, read a row at a time too (unless another node reads the same bytes whole).
 EMBEDDING_LOOKUPS = ("Gather", "GatherND", "GatherBlockQuantized")
 
 
@@ -44,14 +44,27 @@ def _tensor_bytes(tensor) -> int:
     return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
+def _storage(tensor) -> tuple[str, str]:
+    """Where a tensor's bytes live: (file, offset) for external data, else its own name."""
+    external = {entry.key: entry.value for entry in tensor.external_data}
+    return (external["location"], external.get("offset", "0")) if "location" in external else ("", tensor.name)
+
+
 def embedding_table_bytes(model, vocab_size: int) -> int:
-    """Bytes of the token-embedding table (data, scales, zero points) in a decoder graph: one row is read per token."""
+    """Bytes of the token-embedding table (data, scales, zero points) that only the lookup reads: one row per token.
+
+    A tied table (the 2B and 4B checkpoints tie the embedding to the lm_head) is a second view of the lm_head's
+    bytes, which MatMulNBits reads whole every token: those bytes stay in the per-token count."""
     initializers = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
+    nodes = list(model.graph.node)
+    for index, node in enumerate(nodes):
         table = initializers.get(node.input[0]) if node.op_type in EMBEDDING_LOOKUPS and node.input else None
-        if table is not None and len(table.dims) == 2 and table.dims[0] == vocab_size:
-            extras = [initializers[name] for name in node.input[2:] if name in initializers]
-            return _tensor_bytes(table) + sum(_tensor_bytes(t) for t in extras)
+        if table is None or len(table.dims) != 2 or table.dims[0] != vocab_size:
+            continue
+        read_elsewhere = {_storage(initializers[name]) for other_index, other in enumerate(nodes) if other_index != index
+                          for name in other.input if name in initializers}
+        own = [table] + [initializers[name] for name in node.input[2:] if name in initializers]
+        return sum(_tensor_bytes(t) for t in own if _storage(t) not in read_elsewhere)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Where a vision graph spends its time: onnxruntime's own profiler, one run per grid after a warm-up, time summed
-by operator type (Loop bodies' nodes included: the per-frame attention runs inside Loop).
+by operator type (subgraph nodes included: the per-frame attention runs inside an If branch, and for mixed frame
+lengths inside a Loop within it).
 
     python bench/vision_profile.py OUT_DIR [OUT_DIR ...] [--grid 1,28,28] [--grid 1,56,56] [--threads 2]
 
@@ -57,7 +58,7 @@ def main() -> None:
             wall, by_op = profile(export / "vision.onnx", grid, args.threads)
             kernels = sum(by_op.values())
             print(f"\n{export} grid {grid}: run {wall:.0f} ms, kernels {kernels:.0f} ms "
-                  "(Loop counts its body's time again)")
+                  "(If and Loop count their subgraphs' time again)")
             print("| op | ms | share of run |\n|---|---:|---:|")
             for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])[:args.top]:
                 print(f"| {op} | {ms:.0f} | {ms / wall:.0%} |")

@@ -2,7 +2,7 @@
 
 - Vision: torch.onnx writes `gelu(approximate="tanh")` as eight elementwise nodes (Pow, Mul, Add, Tanh, ...)
   and the merger's erf GELU as five; `FusionFastGelu` / `FusionGelu` turn them into one `FastGelu` / `Gelu`
-  contrib node each. Attention is left alone (our per-frame Loop already runs MultiHeadAttention).
+  contrib node each. Attention is left alone (our per-frame If / Loop already runs MultiHeadAttention).
 - Decoder: transformers' RMSNorm becomes Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul (17 chains for 4
   layers: input, post-attention, q and k norms per layer, and the final norm);
   `FusionSimplifiedLayerNormalization` makes each one `SimplifiedLayerNormalization`, and

@@ -33,7 +33,10 @@ def frame_attention_onnx(query: FLOAT, key: FLOAT, value: FLOAT, grid_thw: INT64
     num_grids = op.Squeeze(op.Shape(grid, start=0, end=1))
     frame_lens = op.ReduceProd(op.Slice(grid, one, op.Constant(value_ints=[3]), one), one, keepdims=0)  # [G] h*w
     frame_len = op.ReduceMax(frame_lens, keepdims=1)  # [1]
-    if op.Equal(op.ReduceMin(frame_lens, keepdims=0), op.ReduceMax(frame_lens, keepdims=0)):
+    one_length = op.Equal(op.ReduceMin(frame_lens, keepdims=0), op.ReduceMax(frame_lens, keepdims=0))
+    # Rows that the grid does not account for go to the Loop, whose slices and reshapes refuse them as before.
+    rows_match = op.Equal(op.ReduceSum(counts, keepdims=0), op.Squeeze(op.Shape(query, start=0, end=1)))
+    if op.And(one_length, rows_match):
         # One frame length throughout (one image, one video, same-size images): all sum(t) frames in one batch,
         # no slicing and no concatenation.
         batch_shape = op.Concat(op.Constant(value_ints=[-1]), frame_len, hidden, axis=0)  # [sum t, h*w, hidden]

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.torch_free
 CASES = [
     ("products above the rows", 16, [[1, 4, 6]], "error", "add up to 24 patches but pixel_values has 16 rows"),
     ("products below the rows", 20, [[1, 4, 4]], "error", "add up to 16 patches but pixel_values has 20 rows"),
+    # Rows a whole number of frames short: the one-batch attention branch could take them, the row check refuses.
+    ("a frame short", 16, [[2, 4, 4]], "error", "add up to 32 patches but pixel_values has 16 rows"),
     ("zero t", 16, [[0, 4, 4]], "error", "every entry must be positive, row 0 is [0, 4, 4]"),
     ("negative entries", 16, [[-1, 4, -4]], "error", "every entry must be positive"),
     ("h not a multiple of 2", 15, [[1, 3, 5]], "error", "multiples of the merge size 2, row 0 is [1, 3, 5]"),
