@@ -2,25 +2,18 @@
 the bytes every token reads, whether gathered plainly or through GatherBlockQuantized; a table tied to the lm_head
 (the same bytes, read whole by MatMulNBits every token) stays in."""
 import json
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
+from bench_scripts import bench_module
 from onnx import TensorProto, helper
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB, HIDDEN, BLOCK = 40, 16, 8
 
 
 @pytest.fixture(scope="module")
 def bandwidth():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import bandwidth
-    finally:
-        sys.path.pop(0)
-    return bandwidth
+    return bench_module("bandwidth")
 
 
 def _graph(tied: bool) -> onnx.ModelProto:

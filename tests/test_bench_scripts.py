@@ -5,6 +5,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from bench_scripts import bench_module
 
 pytestmark = pytest.mark.torch_free
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,9 +21,4 @@ def test_gpu_check_skips_with_a_clear_message_on_cpu(tmp_path):
 
 @pytest.mark.slow  # a machine-dependent figure
 def test_read_bandwidth_is_measured():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from bandwidth import read_bandwidth
-    finally:
-        sys.path.pop(0)
-    assert read_bandwidth(gib=0.0625, threads=2, passes=2) > 1e8  # bytes/s: any machine reads 100 MB/s
+    assert bench_module("bandwidth").read_bandwidth(gib=0.0625, threads=2, passes=2) > 1e8  # bytes/s: any machine reads 100 MB/s

@@ -1,19 +1,10 @@
 """bench/vision_attention.py: every attention form it times computes the attention it is compared with."""
-import sys
-from pathlib import Path
-
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import bench_module
 
 
 def test_every_form_computes_attention():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from vision_attention import measure
-    finally:
-        sys.path.pop(0)
-    results = measure(tokens=48, heads=2, head_dim=16, rounds=1, threads=1)
+    results = bench_module("vision_attention").measure(tokens=48, heads=2, head_dim=16, rounds=1, threads=1)
     assert set(results) >= {"MultiHeadAttention fp32", "MultiHeadAttention fp16", "Attention (ONNX opset 23) fp32",
                             "unfused fp32", "QK int8", "QK and PV int8", "PyTorch sdpa fp32"}
     for name, (times, cosine) in results.items():

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import bench_module
 
 pytestmark = pytest.mark.torch_free
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,12 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def machine():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import machine
-    finally:
-        sys.path.pop(0)
-    return machine
+    return bench_module("machine")
 
 
 @pytest.mark.parametrize(("flags", "fp32", "int8"), [

@@ -18,7 +18,6 @@ import torch
 from qvl_compile.export.analysis.calls import Call, FlatModule, flatten, output_tensors, tensorize_varying_ints
 from qvl_compile.export.onnx_functions import OPSET, vision_translation_table
 from qvl_compile.parity import FP32_TOLERANCE, max_rel
-from qvl_compile.rewrite import attention as _registers_frame_attention  # noqa: F401 - torch.ops.qvl_compile
 
 EXPORTERS = ("torchscript", "dynamo")
 TOLERANCE = FP32_TOLERANCE  # max |onnx - torch| / max |torch|, as `qvl-compile verify` uses for fp32
